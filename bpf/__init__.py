@@ -1,0 +1,1 @@
+"""eBPF C sources, the libbpf loader and the map codecs."""

@@ -1,0 +1,1 @@
+"""Sans-IO L7 protocol parsers and the proxies built on them."""
