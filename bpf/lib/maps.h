@@ -1,0 +1,224 @@
+/* Every map of the datapath, declared once. Both objects include this header; the loader pins
+ * each map by name under the pin directory, so sock.bpf.o and lxc.bpf.o share one instance.
+ * Key/value layouts here have exactly one Python codec each in bpf/maps.py: keep them in step. */
+#ifndef OSTIUM_MAPS_H
+#define OSTIUM_MAPS_H
+
+#include "common.h"
+
+/* ---- socket load balancing ---- */
+
+/* slot 0 is the service's master entry (count = number of slots); slots 1..count hold backend
+ * ids, repeated in proportion to their weights. */
+struct lb4_key {
+	__be32 address;   /* VIP */
+	__be16 dport;     /* service port */
+	__u8 proto;       /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 pad;
+	__u16 slot;
+	__u16 pad2;
+};
+
+#define SVC_FLAG_AFFINITY 0x1
+
+struct lb4_service {
+	__u32 backend_id;   /* slot > 0: backend id; slot 0: unused */
+	__u16 count;        /* slot 0: number of slots (0 = no backends: connection refused) */
+	__u16 flags;        /* slot 0: SVC_FLAG_* */
+	__u32 rev_nat_id;   /* slot 0: service id (affinity key) */
+	__u32 affinity_timeout; /* slot 0: seconds */
+};
+
+struct lb4_backend {
+	__be32 address;
+	__be16 port;
+	__u8 proto;
+	__u8 flags;
+};
+
+struct lb4_affinity_key {
+	__u64 netns_cookie;  /* the client's network namespace: one pod = one client, like ClientIP */
+	__u32 rev_nat_id;
+	__u32 pad;
+};
+
+struct lb4_affinity_val {
+	__u64 last_used_ns;
+	__u32 backend_id;
+	__u32 pad;
+};
+
+/* The VIP a socket asked for, so getpeername/recvmsg show the VIP, not the backend. */
+struct lb4_revnat_key {
+	__u64 cookie;       /* socket cookie */
+	__be32 address;     /* backend */
+	__be16 port;
+	__u16 pad;
+};
+
+struct lb4_revnat_val {
+	__be32 address;     /* VIP */
+	__be16 port;
+	__u16 rev_nat_id;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb4_key);
+	__type(value, struct lb4_service);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ost_lb4_svc SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct lb4_backend);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ost_lb4_backend SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb4_affinity_key);
+	__type(value, struct lb4_affinity_val);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ost_lb4_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb4_revnat_key);
+	__type(value, struct lb4_revnat_val);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ost_lb4_revnat SEC(".maps");
+
+/* ---- identity and policy ---- */
+
+struct ipcache_key {
+	__u32 prefixlen;    /* 0..32 */
+	__be32 address;
+};
+
+struct ipcache_val {
+	__u32 identity;
+	__u32 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_val);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ost_ipcache SEC(".maps");
+
+#define EP_F_INGRESS_ENFORCED 0x1
+#define EP_F_EGRESS_ENFORCED 0x2
+
+/* Keyed by the host-side veth's ifindex: what the tc program needs to know about its endpoint. */
+struct endpoint_info {
+	__u32 ep_id;
+	__u32 identity;
+	__be32 address;
+	__u32 flags;       /* EP_F_* */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct endpoint_info);
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ost_endpoints SEC(".maps");
+
+/* LPM over (endpoint, direction, identity | protocol | dport): the first 64 bits are always
+ * fixed, then protocol (8 bits, prefix 64 = any protocol), then the port as a bit prefix
+ * (prefix 72 = any port, 88 = one port). Port ranges are split into prefix blocks. */
+#define POLICY_FULL_PREFIX 64
+struct policy_key {
+	__u32 prefixlen;
+	__u16 ep_id;
+	__u8 direction;
+	__u8 pad;
+	__u32 identity;
+	__u8 proto;
+	__u8 dport_hi;     /* the port in network order, as two bytes so it follows proto directly */
+	__u8 dport_lo;
+	__u8 pad2;
+};
+
+#define POLICY_ALLOW 1
+#define POLICY_DENY 2
+#define POLICY_REDIRECT 3
+
+struct policy_entry {
+	__u8 verdict;      /* POLICY_* */
+	__u8 prefixlen;    /* the key's prefixlen: LPM lookups do not return it, ties need it */
+	__u16 proxy_port;  /* REDIRECT: the node-local proxy port */
+	__u32 pad2;
+	__u64 packets;     /* per-entry hit counter (racy increments; a debug aid) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct policy_key);
+	__type(value, struct policy_entry);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ost_policy SEC(".maps");
+
+/* ---- conntrack ---- */
+
+struct ct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;      /* ICMP echo: request id in sport, reply id in dport */
+	__be16 dport;
+	__u8 proto;
+	__u8 direction;    /* DIR_* of the endpoint that created the entry */
+	__u16 ep_id;
+};
+
+#define CT_F_REDIRECT 0x1
+#define CT_F_SEEN_REPLY 0x2
+
+struct ct_entry {
+	__u64 expires_ns;   /* bpf_ktime_get_ns() clock */
+	__u64 packets;
+	__u32 src_identity;
+	__u16 proxy_port;
+	__u16 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(max_entries, 131072);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ost_ct4 SEC(".maps");
+
+/* ---- events ---- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ost_events SEC(".maps");
+
+/* Counters per (reason): index = reason code. Per-CPU so the hot path takes no lock. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ost_metrics SEC(".maps");
+
+#endif
