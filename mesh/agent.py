@@ -1,0 +1,366 @@
+"""The agent: composition root. Builds the components, wires them, serves the API, supervises.
+
+One asyncio process. Blocking kernel work (iproute2, sysfs, SQLite) runs in a worker thread, one change
+at a time (`self._lock`), so API calls never see half-applied state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+import mesh
+from mesh import kernel
+from mesh.api.server import json_response, make_app, read_json, serve_unix
+from mesh.config import Config
+from mesh.endpoints.manager import EndpointManager
+from mesh.endpoints.manifest import parse_endpoint_spec
+from mesh.endpoints.model import Endpoint, EndpointSpec
+from mesh.endpoints.plumbing import Plumbing
+from mesh.errors import AgentError, NotFoundError, OstiumError, ValidationError
+from mesh.labels import parse_label_args
+from mesh.manifests import Document, Parsed, parse_documents
+from mesh.state.ipam import IPAM
+from mesh.state.store import StateStore
+
+log = logging.getLogger("ostium.agent")
+
+
+@dataclass
+class KindHandler:
+    """How the agent applies one manifest kind. `validate` sees the whole batch before anything changes;
+    `apply`/`delete` return the action taken; `undo` reverts an apply (all-or-nothing applies)."""
+
+    kinds: tuple[str, ...]
+    validate: Callable[[list[Parsed]], None] = lambda items: None
+    apply: Callable[[Parsed], Awaitable[str]] | None = None
+    delete: Callable[[str, str, str], Awaitable[bool]] | None = None
+    order: int = 50  # lower applies first (namespaces, then endpoints, then the rest)
+
+
+class StateLock:
+    """An exclusive lock on the state directory: a second agent on it refuses to start."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.path = os.path.join(state_dir, "agent.lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise AgentError(f"another agent (pid {other}) is already running on state directory "
+                             f"{os.path.dirname(self.path)}: stop it first, or use another --state-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class Agent:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started = time.time()
+        self.lock = StateLock(config.state_dir)
+        self._change_lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self.handlers: dict[str, KindHandler] = {}
+        self.features: list[kernel.Feature] = []
+        self.components: dict[str, Callable[[], Any]] = {}  # name → status provider
+        self.reconcile_report: dict[str, list[str]] = {}
+        self.runner: web.AppRunner | None = None
+        self.store: StateStore | None = None
+        self.extra_routes: list[Callable[[], list[web.RouteDef]]] = []  # components add their API routes
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        self.lock.acquire()
+        cg2 = kernel.cgroup2_mount()
+        if cg2 is None:
+            raise AgentError("cgroup v2 is not mounted: mount it (mount -t cgroup2 none /sys/fs/cgroup) "
+                             "— endpoints need a cgroup for socket-level service translation")
+        self.store = StateStore(os.path.join(cfg.state_dir, "state.db"))
+        self.ipam = IPAM(self.store, cfg.pod_cidr, reserved=(cfg.router,))
+        self.plumbing = Plumbing(cfg.cgroup_path(cg2), netns_prefix=cfg.netns_prefix, router_ip=cfg.router)
+        await asyncio.to_thread(self.plumbing.setup_node)
+        self.endpoints = EndpointManager(self.store, self.ipam, self.plumbing,
+                                         log_dir=os.path.join(cfg.state_dir, "logs"))
+        self._register_builtin_kinds()
+        self.features = await asyncio.to_thread(kernel.probe_features, cfg.bpffs)
+        for f in self.features:
+            if not f.available:
+                log.warning("kernel feature missing", extra={"feature": f.name, "detail": f.detail,
+                                                             "disables": f.disables})
+        self.reconcile_report = await asyncio.to_thread(self.endpoints.reconcile)
+        self.runner = await serve_unix(make_app(self.routes()), cfg.socket)
+        log.info("agent ready", extra={"socket": cfg.socket, "state_dir": cfg.state_dir,
+                                       "endpoints": len(self.endpoints.list()), "version": mesh.__version__})
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self.start()
+            await self._stop.wait()
+            log.info("shutting down (endpoints and pinned datapath state stay)")
+        finally:
+            await self.stop()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+            try:
+                os.unlink(self.config.socket)
+            except FileNotFoundError:
+                pass
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self.lock.release()
+
+    # --- manifests --------------------------------------------------------------------------------------
+    def register_kind_handler(self, handler: KindHandler) -> None:
+        for k in handler.kinds:
+            self.handlers[k] = handler
+
+    def _register_builtin_kinds(self) -> None:
+        self.register_kind_handler(KindHandler(("Namespace",), apply=self._apply_stored, delete=self._delete_stored,
+                                               order=10))
+        self.register_kind_handler(KindHandler(("Endpoint",), validate=self._validate_endpoints,
+                                               apply=self._apply_endpoint, delete=self._delete_endpoint, order=20))
+
+    async def _apply_stored(self, item: Parsed) -> str:
+        """Keep the manifest as written (kinds whose component reads them from the store)."""
+        old = self.store.get(item.kind, item.namespace, item.name)
+        if old == item.doc.body:
+            return "unchanged"
+        self.store.put(item.kind, item.namespace, item.name, item.doc.body)
+        return "configured" if old is not None else "created"
+
+    async def _delete_stored(self, kind: str, namespace: str, name: str) -> bool:
+        return self.store.delete(kind, namespace, name)
+
+    def _validate_endpoints(self, items: list[Parsed]) -> None:
+        self.endpoints.check([i.obj for i in items], allow_existing=True)
+
+    async def _apply_endpoint(self, item: Parsed) -> str:
+        spec: EndpointSpec = item.obj
+        try:
+            self.endpoints.get(spec.namespace, spec.name)
+        except NotFoundError:
+            await asyncio.to_thread(self.endpoints.create, spec)
+            return "created"
+        _ep, changed = await asyncio.to_thread(self.endpoints.update, spec)
+        return "configured" if changed else "unchanged"
+
+    async def _delete_endpoint(self, kind: str, namespace: str, name: str) -> bool:
+        try:
+            await asyncio.to_thread(self.endpoints.delete, namespace, name)
+            return True
+        except NotFoundError:
+            return False
+
+    def _snapshot(self, item: Parsed) -> Any:
+        if item.kind == "Endpoint":
+            try:
+                return self.endpoints.get(item.namespace, item.name).spec
+            except NotFoundError:
+                return None
+        return self.store.get(item.kind, item.namespace, item.name)
+
+    async def _restore(self, item: Parsed, before: Any) -> None:
+        """Undo one applied item (best effort; used when a later item of the same apply fails)."""
+        h = self.handlers[item.kind]
+        if before is None:
+            if h.delete:
+                await h.delete(item.kind, item.namespace, item.name)
+        elif item.kind == "Endpoint":
+            await asyncio.to_thread(self.endpoints.update, before)
+        elif h.apply:
+            await h.apply(Parsed(Document(item.doc.source, item.doc.index, before), item.kind, item.namespace,
+                                 item.name, item.obj))
+
+    async def apply(self, docs: list[Document]) -> list[dict[str, str]]:
+        parsed = parse_documents(docs)  # every document is valid, or nothing happens
+        for p in parsed:
+            if p.kind not in self.handlers:
+                raise ValidationError(f"kind {p.kind} is known but not served by this agent "
+                                      "(its component is not enabled)", document=p.doc.ref)
+        async with self._change_lock:
+            by_handler: dict[int, list[Parsed]] = {}
+            for p in parsed:
+                by_handler.setdefault(id(self.handlers[p.kind]), []).append(p)
+            for items in by_handler.values():
+                try:
+                    self.handlers[items[0].kind].validate(items)
+                except ValidationError as exc:
+                    raise exc if exc.document else exc.with_document(
+                        items[0].doc.ref if len(items) == 1 else f"{len(items)} {items[0].kind} documents")
+            results: list[dict[str, str]] = []
+            done: list[tuple[Parsed, Any]] = []
+            try:
+                for p in sorted(parsed, key=lambda x: self.handlers[x.kind].order):
+                    before = self._snapshot(p)
+                    action = await self.handlers[p.kind].apply(p)
+                    done.append((p, before))
+                    results.append({"kind": p.kind, "namespace": p.namespace, "name": p.name, "action": action})
+            except BaseException as exc:
+                log.warning("apply failed, reverting", extra={"error": str(exc), "reverting": len(done)})
+                for p, before in reversed(done):
+                    try:
+                        await self._restore(p, before)
+                    except Exception:  # keep reverting the rest
+                        log.exception("revert failed", extra={"object": f"{p.kind} {p.namespace}/{p.name}"})
+                if isinstance(exc, OstiumError) and isinstance(exc, ValidationError) and not exc.document:
+                    raise exc.with_document(p.doc.ref) from None
+                raise
+            return results
+
+    async def delete_manifests(self, docs: list[Document]) -> list[dict[str, str]]:
+        parsed = parse_documents(docs)
+        results = []
+        async with self._change_lock:
+            for p in sorted(parsed, key=lambda x: -self.handlers[x.kind].order if x.kind in self.handlers else 0):
+                h = self.handlers.get(p.kind)
+                deleted = bool(h and h.delete and await h.delete(p.kind, p.namespace, p.name))
+                results.append({"kind": p.kind, "namespace": p.namespace, "name": p.name,
+                                "action": "deleted" if deleted else "not found"})
+        return results
+
+    # --- API ------------------------------------------------------------------------------------------
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/healthz", self.h_health),
+            web.get("/v1/status", self.h_status),
+            web.get("/v1/endpoints", self.h_endpoints),
+            web.post("/v1/endpoints", self.h_endpoint_create),
+            web.get("/v1/endpoints/{ref:.+}", self.h_endpoint_get),
+            web.delete("/v1/endpoints/{namespace}/{name}", self.h_endpoint_delete),
+            web.post("/v1/apply", self.h_apply),
+            web.post("/v1/delete", self.h_delete),
+            web.get("/v1/manifests", self.h_manifests),
+        ] + [r for provider in self.extra_routes for r in provider()]
+
+    async def h_health(self, request: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    def status(self) -> dict[str, Any]:
+        comps = {}
+        for name, fn in self.components.items():
+            try:
+                comps[name] = fn()
+            except Exception as exc:  # a status provider must never break status
+                comps[name] = {"state": "error", "error": str(exc)}
+        return {
+            "agent": {"state": "running", "version": mesh.__version__, "pid": os.getpid(),
+                      "uptime_seconds": round(time.time() - self.started, 1), "node": self.config.node_name,
+                      "state_dir": self.config.state_dir, "socket": self.config.socket},
+            "network": {"pod_cidr": self.config.pod_cidr, "router_ip": self.config.router,
+                        "service_cidr": self.config.service_cidr,
+                        "addresses_in_use": len(self.ipam.allocated()), "addresses_total": self.ipam.capacity},
+            "endpoints": {"total": len(self.endpoints.list()),
+                          "not_ready": [f"{e.namespace}/{e.name}" for e in self.endpoints.list() if e.state != "ready"]},
+            "kernel": [{"feature": f.name, "available": f.available, "detail": f.detail,
+                        **({"disables": f.disables} if not f.available else {})} for f in self.features],
+            "reconcile": self.reconcile_report,
+            "components": comps,
+        }
+
+    async def h_status(self, request: web.Request) -> web.Response:
+        return json_response(self.status())
+
+    async def h_endpoints(self, request: web.Request) -> web.Response:
+        ns = request.query.get("namespace") or None
+        return json_response([e.to_json() for e in self.endpoints.list(ns)])
+
+    async def h_endpoint_get(self, request: web.Request) -> web.Response:
+        ref = request.match_info["ref"]
+        return json_response(self.endpoints.find(ref, request.query.get("namespace") or None).to_json())
+
+    async def h_endpoint_create(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise ValidationError("body must be an object")
+        labels = body.get("labels") or {}
+        if isinstance(labels, list):
+            labels = parse_label_args(labels)
+        from mesh.labels import validate_labels
+        labels = validate_labels(labels, "--label")
+        ns = body.get("namespace") or "default"
+        from mesh.labels import name_error
+        err = name_error(ns, "namespace")
+        if err:
+            raise ValidationError(err, path="--namespace")
+        try:
+            spec = parse_endpoint_spec(body.get("name"), ns, labels, {k: v for k, v in
+                                       (("ip", body.get("ip")), ("command", body.get("command")),
+                                        ("ports", body.get("ports"))) if v})
+        except ValidationError as exc:
+            raise ValidationError(exc.message, path={"metadata.name": "NAME", "spec.ip": "--ip",
+                                                     "spec.command": "--command"}.get(exc.path, exc.path)) from None
+        async with self._change_lock:
+            ep = await asyncio.to_thread(self.endpoints.create, spec)
+        return json_response(ep.to_json(), status=201)
+
+    async def h_endpoint_delete(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        async with self._change_lock:
+            ep = await asyncio.to_thread(self.endpoints.delete, ns, name)
+        return json_response(ep.to_json())
+
+    async def h_apply(self, request: web.Request) -> web.Response:
+        docs = self._docs(await read_json(request))
+        return json_response({"results": await self.apply(docs)})
+
+    async def h_delete(self, request: web.Request) -> web.Response:
+        docs = self._docs(await read_json(request))
+        return json_response({"results": await self.delete_manifests(docs)})
+
+    async def h_manifests(self, request: web.Request) -> web.Response:
+        kind = request.query.get("kind", "")
+        if not kind:
+            raise ValidationError("query parameter kind is required")
+        return json_response([{"namespace": ns, "name": n, "body": b} for ns, n, b in self.store.list(kind)])
+
+    @staticmethod
+    def _docs(body: Any) -> list[Document]:
+        if not isinstance(body, dict) or not isinstance(body.get("documents"), list):
+            raise ValidationError("body must be {\"documents\": [...]}")
+        return [Document.from_json(d) for d in body["documents"]]
+
+
+def run_agent(config: Config) -> int:
+    agent = Agent(config)
+    try:
+        import uvloop
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(agent.run())
+    except OstiumError as exc:
+        log.error(str(exc))
+        return exc.exit_code
+    return 0

@@ -1,0 +1,59 @@
+"""`ostium apply -f` and `ostium delete -f`: multi-document YAML manifests, all or nothing."""
+
+from __future__ import annotations
+
+import sys
+
+from mesh.api.client import APIClient
+from mesh.cli.output import add_output_flag, emit
+
+
+def register(sub) -> None:
+    a = sub.add_parser("apply", help="create or update everything in manifest files (all or nothing)")
+    a.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR|-")
+    a.add_argument("--dry-run", action="store_true", help="validate only (locally), change nothing")
+    add_output_flag(a, default="table")
+    a.set_defaults(func=apply)
+    d = sub.add_parser("delete", help="delete everything named in manifest files")
+    d.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR|-")
+    add_output_flag(d, default="table")
+    d.set_defaults(func=delete)
+
+
+def _load(args):
+    from mesh.manifests import load_documents, parse_documents
+
+    stdin = sys.stdin.read() if "-" in args.filename else None
+    docs = load_documents(args.filename, stdin_text=stdin)
+    parse_documents(docs)  # validate locally first: a clear error without a round trip
+    return docs
+
+
+def _print(results, fmt: str) -> None:
+    if fmt == "table":
+        for r in results:
+            where = f"{r['namespace']}/" if r["namespace"] else ""
+            print(f"{r['kind'].lower()}/{where}{r['name']} {r['action']}")
+    else:
+        emit(results, fmt)
+
+
+def apply(args) -> int:
+    docs = _load(args)
+    if args.dry_run:
+        _print([{"kind": d.kind, "namespace": "", "name": (d.body.get("metadata") or {}).get("name", ""),
+                 "action": "valid (dry run)"} for d in docs], args.output)
+        return 0
+    if not docs:
+        print("no documents found", file=sys.stderr)
+        return 0
+    out = APIClient(args.socket).post("/v1/apply", {"documents": [d.to_json() for d in docs]})
+    _print(out["results"], args.output)
+    return 0
+
+
+def delete(args) -> int:
+    docs = _load(args)
+    out = APIClient(args.socket).post("/v1/delete", {"documents": [d.to_json() for d in docs]})
+    _print(out["results"], args.output)
+    return 0
