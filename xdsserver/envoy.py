@@ -320,6 +320,10 @@ class EnvoyProcess:
                     if code == 200:
                         return
                     last = f"/ready answered {code} {body.strip()}"
+                    if "INITIALIZING" in body:
+                        last += (" (waiting for the first CDS/LDS answer from the xDS server at "
+                                 f"{self.config.xds_target}: is it up and does it hold a snapshot "
+                                 f"for node {self.config.node_id!r}?)")
             with contextlib.suppress(asyncio.TimeoutError):
                 # Poll interval, or wake at once if the process dies.
                 await asyncio.wait_for(asyncio.shield(self._proc.wait()), 0.02)

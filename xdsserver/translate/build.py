@@ -1,0 +1,281 @@
+"""L7 policy → Envoy Listeners and Clusters (proto3 JSON dicts). Pure: no I/O, no protobuf.
+
+One transparent listener per proxy port, one filter chain per redirected (endpoint, direction,
+port), each with an HTTP connection manager whose RBAC filter allows exactly what the rules say.
+Output is deterministic (sorted), so an unchanged policy yields unchanged resource versions and
+Envoy is not touched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from mesh.errors import ValidationError
+from xdsserver.resources import TypeURL
+from xdsserver.translate.model import (Direction, HTTPRule, PeerRule, PortPolicy, ProxyOptions,
+                                       TranslateInput)
+
+ORIGINAL_DST_CLUSTER = "ostium-original-dst"
+STATIC_UPSTREAM_CLUSTER = "ostium-upstream"
+_T = "type.googleapis.com/"
+HCM_TYPE = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+RBAC_TYPE = _T + "envoy.extensions.filters.http.rbac.v3.RBAC"
+ROUTER_TYPE = _T + "envoy.extensions.filters.http.router.v3.Router"
+ORIGINAL_DST_TYPE = _T + "envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+ALS_TYPE = _T + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
+HTTP_OPTIONS_TYPE = _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+SOL_SOCKET, SO_MARK = 1, 36
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    listeners: tuple[dict[str, Any], ...]
+    clusters: tuple[dict[str, Any], ...]
+
+    def by_type(self) -> dict[str, list[dict[str, Any]]]:
+        """In the shape Snapshot.build takes."""
+        return {TypeURL.CLUSTER.value: list(self.clusters),
+                TypeURL.LISTENER.value: list(self.listeners)}
+
+
+def translate(inp: TranslateInput) -> Resources:
+    """Listeners (one per proxy port) and the upstream cluster for a set of port policies."""
+    opts = inp.options
+    by_proxy: dict[int, dict[tuple[str, Direction, int], list[PortPolicy]]] = defaultdict(
+        lambda: defaultdict(list))
+    for i, pp in enumerate(inp.ports):
+        _check_port_policy(pp, f"ports[{i}]")
+        key = (str(ipaddress.ip_address(pp.endpoint_ip)), pp.direction, pp.port)
+        by_proxy[pp.proxy_port][key].append(pp)
+    upstream = STATIC_UPSTREAM_CLUSTER if opts.static_upstream else ORIGINAL_DST_CLUSTER
+    listeners = []
+    for proxy_port in sorted(by_proxy):
+        chains = [
+            _filter_chain(ip, direction, port, [r for pp in pps for r in pp.rules],
+                          pps[0].endpoint, inp.ipcache, opts, upstream)
+            for (ip, direction, port), pps in sorted(by_proxy[proxy_port].items(),
+                                                      key=lambda kv: _chain_sort_key(kv[0]))]
+        listeners.append(_listener(proxy_port, chains, opts))
+    return Resources(tuple(listeners), (_upstream_cluster(opts),))
+
+
+def listener_name(proxy_port: int) -> str:
+    return f"ostium-proxy-{proxy_port}"
+
+
+def _chain_sort_key(key: tuple[str, Direction, int]) -> tuple:
+    ip, direction, port = key
+    return (direction.value, ipaddress.ip_address(ip).version, int(ipaddress.ip_address(ip)), port)
+
+
+def _check_port_policy(pp: PortPolicy, path: str) -> None:
+    try:
+        ipaddress.ip_address(pp.endpoint_ip)
+    except ValueError:
+        raise ValidationError(f"{pp.endpoint_ip!r} is not an IP address",
+                              path=f"{path}.endpoint_ip") from None
+    for field_name in ("port", "proxy_port"):
+        value = getattr(pp, field_name)
+        if not 1 <= value <= 65535:
+            raise ValidationError(f"{value} is not a port (1-65535)", path=f"{path}.{field_name}")
+    if pp.protocol.upper() != "TCP":
+        raise ValidationError(f"HTTP rules need TCP, not {pp.protocol}", path=f"{path}.protocol")
+
+
+# ---- listener and filter chains ---------------------------------------------------------------
+
+
+def _listener(proxy_port: int, chains: list[dict[str, Any]], opts: ProxyOptions) -> dict[str, Any]:
+    return {
+        "name": listener_name(proxy_port),
+        "address": {"socket_address": {"address": opts.listener_address, "port_value": proxy_port}},
+        # The datapath hands us flows for other addresses (bpf_sk_assign); the SYN-ACK from that
+        # non-local address needs IP_TRANSPARENT on the listener.
+        "transparent": opts.transparent,
+        # original_dst restores the socket's real local address (= the original destination) so
+        # filter chains match on it and the ORIGINAL_DST cluster forwards there.
+        "listener_filters": [{"name": "envoy.filters.listener.original_dst",
+                              "typed_config": {"@type": ORIGINAL_DST_TYPE}}],
+        # No chain matches → Envoy closes the connection: fail closed.
+        "filter_chains": chains,
+        "traffic_direction": "UNSPECIFIED",
+    }
+
+
+def _prefix(cidr: str) -> dict[str, Any]:
+    net = ipaddress.ip_network(cidr, strict=False)
+    return {"address_prefix": str(net.network_address), "prefix_len": net.prefixlen}
+
+
+def _host_prefix(ip: str) -> dict[str, Any]:
+    addr = ipaddress.ip_address(ip)
+    return {"address_prefix": str(addr), "prefix_len": addr.max_prefixlen}
+
+
+def _filter_chain(ip: str, direction: Direction, port: int, rules: list[PeerRule], endpoint: str,
+                  ipcache: Mapping[int, Iterable[str]], opts: ProxyOptions,
+                  upstream: str) -> dict[str, Any]:
+    name = f"{direction.value}:{ip}:{port}"
+    if direction is Direction.INGRESS:
+        # Redirected at the destination: the flow is addressed to the endpoint.
+        match = {"destination_port": port, "prefix_ranges": [_host_prefix(ip)]}
+    else:
+        # Redirected at the source: the flow comes from the endpoint to any peer on `port`.
+        match = {"destination_port": port, "source_prefix_ranges": [_host_prefix(ip)]}
+    hcm = {
+        "@type": HCM_TYPE,
+        "stat_prefix": f"ostium_{direction.value}_{port}",
+        "codec_type": "AUTO",                       # HTTP/1.1 and HTTP/2 (gRPC) downstream
+        # Normalize before any filter runs so RBAC and the backend see the same path.
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": opts.escaped_slashes.value,
+        "strip_any_host_port": True,                # host rules match "svc", not "svc:80"
+        "route_config": {
+            "name": name,
+            "virtual_hosts": [{
+                "name": name, "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"},
+                            # No route timeout: gRPC streams and long polls live as long as they need.
+                            "route": {"cluster": upstream, "timeout": "0s"}}],
+            }],
+        },
+        "http_filters": [
+            {"name": "envoy.filters.http.rbac",
+             "typed_config": {"@type": RBAC_TYPE,
+                              "rules": rbac_rules(direction, rules, ipcache, name)}},
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
+        ],
+        # RBAC denies with a local 403; give it Cilium's body. Local replies only: a backend's
+        # own 403 passes untouched. For gRPC requests Envoy turns the local 403 into
+        # grpc-status 7 (PERMISSION_DENIED) with this text as grpc-message.
+        "local_reply_config": {"mappers": [{
+            "filter": {"status_code_filter": {"comparison": {
+                "op": "EQ", "value": {"default_value": 403, "runtime_key": "ostium.denied_status"}}}},
+            "body": {"inline_string": opts.denied_body},
+        }]},
+    }
+    if opts.als_cluster:
+        hcm["access_log"] = [_access_log(opts, name, direction, ip, port, endpoint)]
+    return {"name": name, "filter_chain_match": match,
+            "filters": [{"name": "envoy.filters.network.http_connection_manager",
+                         "typed_config": hcm}]}
+
+
+def _access_log(opts: ProxyOptions, name: str, direction: Direction, ip: str, port: int,
+                endpoint: str) -> dict[str, Any]:
+    tags = [("ostium.direction", direction.value), ("ostium.endpoint_ip", ip),
+            ("ostium.port", str(port)), ("ostium.filter_chain", name)]
+    if endpoint:
+        tags.append(("ostium.endpoint", endpoint))
+    return {
+        "name": "envoy.access_loggers.http_grpc",
+        "typed_config": {
+            "@type": ALS_TYPE,
+            "common_config": {
+                "log_name": name,
+                "transport_api_version": "V3",
+                "grpc_service": {"envoy_grpc": {"cluster_name": opts.als_cluster}},
+                "buffer_flush_interval": f"{opts.als_flush_interval_ms / 1000:.3f}s",
+                "custom_tags": [{"tag": k, "literal": {"value": v}} for k, v in tags],
+            },
+            "additional_request_headers_to_log": ["content-type"],
+            # gRPC status is a trailer, or a header in a trailers-only reply (denials).
+            "additional_response_headers_to_log": ["grpc-status", "grpc-message"],
+            "additional_response_trailers_to_log": ["grpc-status", "grpc-message"],
+        },
+    }
+
+
+# ---- RBAC ------------------------------------------------------------------------------------
+
+
+def rbac_rules(direction: Direction, rules: Iterable[PeerRule],
+               ipcache: Mapping[int, Iterable[str]], name: str = "") -> dict[str, Any]:
+    """The RBAC `rules` (action ALLOW): one policy per peer rule. No policy → everything denied."""
+    policies: dict[str, Any] = {}
+    for i, peer in enumerate(rules):
+        prefixes = _peer_prefixes(peer, ipcache)
+        if prefixes == []:
+            continue  # identities with no known address: they allow nobody (yet)
+        perms = [_http_permission(r) for r in peer.http] or [{"any": True}]
+        if direction is Direction.INGRESS:
+            principals = ([{"any": True}] if prefixes is None else
+                          # direct_remote_ip: the connection's peer, never an X-Forwarded-For value.
+                          [{"direct_remote_ip": p} for p in prefixes])
+        else:
+            # Egress: the remote side is the (original) destination = the socket's local address.
+            principals = [{"any": True}]
+            if prefixes is not None:
+                dest = {"or_rules": {"rules": [{"destination_ip": p} for p in prefixes]}}
+                perms = [{"and_rules": {"rules": [dest, p]}} for p in perms]
+        policies[f"rule-{i}"] = {"permissions": perms, "principals": principals}
+    return {"action": "ALLOW", "policies": policies}
+
+
+def _peer_prefixes(peer: PeerRule, ipcache: Mapping[int, Iterable[str]]) -> list[dict] | None:
+    if peer.identities is None:
+        return None
+    cidrs = sorted({str(ipaddress.ip_network(c, strict=False))
+                    for ident in peer.identities for c in ipcache.get(ident, ())},
+                   key=lambda c: (ipaddress.ip_network(c).version, ipaddress.ip_network(c)))
+    return [_prefix(c) for c in cidrs]
+
+
+def _regex(value: str) -> dict[str, Any]:
+    # safe_regex is RE2 with full-match semantics: "GET" never matches "GETX".
+    return {"safe_regex": {"regex": value}}
+
+
+def _http_permission(rule: HTTPRule) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = []
+    if rule.method:
+        parts.append({"header": {"name": ":method", "string_match": _regex(rule.method)}})
+    if rule.path:
+        # url_path: the normalized path without the query string.
+        parts.append({"url_path": {"path": _regex(rule.path)}})
+    if rule.host:
+        parts.append({"header": {"name": ":authority", "string_match": _regex(rule.host)}})
+    for h in rule.headers:
+        if h.value is None:
+            parts.append({"header": {"name": h.name.lower(), "present_match": True}})
+        else:
+            parts.append({"header": {"name": h.name.lower(), "string_match": {"exact": h.value}}})
+    if not parts:
+        return {"any": True}
+    return {"and_rules": {"rules": parts}}
+
+
+# ---- upstream --------------------------------------------------------------------------------
+
+
+def _upstream_cluster(opts: ProxyOptions) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "connect_timeout": f"{opts.connect_timeout_ms / 1000:.3f}s",
+        # Same protocol upstream as downstream: HTTP/2 (gRPC) stays HTTP/2.
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": HTTP_OPTIONS_TYPE,
+            "use_downstream_protocol_config": {"http_protocol_options": {},
+                                               "http2_protocol_options": {}}}},
+        # Mark Envoy's own upstream traffic so the datapath never redirects it again.
+        "upstream_bind_config": {
+            "source_address": {"address": "0.0.0.0", "port_value": 0},
+            "socket_options": [{"level": SOL_SOCKET, "name": SO_MARK,
+                                "int_value": opts.upstream_mark, "state": "STATE_PREBIND"}],
+        },
+    }
+    if opts.static_upstream:
+        host, port = opts.static_upstream
+        cluster.update({
+            "name": STATIC_UPSTREAM_CLUSTER, "type": "STATIC",
+            "load_assignment": {"cluster_name": STATIC_UPSTREAM_CLUSTER, "endpoints": [{
+                "lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                    "address": host, "port_value": port}}}}]}]},
+        })
+    else:
+        cluster.update({"name": ORIGINAL_DST_CLUSTER, "type": "ORIGINAL_DST",
+                        "lb_policy": "CLUSTER_PROVIDED"})
+    return cluster

@@ -1,0 +1,45 @@
+"""Reject HTTP rules Envoy would NACK, before they reach Envoy (pure)."""
+
+from __future__ import annotations
+
+import re
+
+from mesh.errors import ValidationError
+from xdsserver.translate.model import HTTPRule
+
+# Envoy refuses RE2 programs above this size by default (runtime re2.max_program_size.error_level).
+MAX_REGEX_PROGRAM_SIZE = 100
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-zA-Z]+$")  # RFC 9110 field-name
+_PSEUDO = {":authority", ":method", ":path", ":scheme"}
+
+
+def check_regex(value: str, path: str) -> None:
+    """RE2 syntax (the engine Envoy uses) and Envoy's program-size limit."""
+    import re2  # google-re2: the same library Envoy links
+
+    try:
+        compiled = re2.compile(value)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode(errors="replace")
+        raise ValidationError(f"invalid regular expression {value!r}: {reason}", path=path) from None
+    size = getattr(compiled, "programsize", 0)
+    if size > MAX_REGEX_PROGRAM_SIZE:
+        raise ValidationError(f"regular expression {value!r} is too complex for Envoy "
+                              f"(RE2 program size {size} > {MAX_REGEX_PROGRAM_SIZE})", path=path)
+
+
+def validate_http_rule(rule: HTTPRule, path: str = "http") -> None:
+    """Raise ValidationError naming the field (``<path>.method``, ``<path>.headers[1]``, ...)."""
+    for field_name in ("method", "path", "host"):
+        value = getattr(rule, field_name)
+        if value:
+            check_regex(value, f"{path}.{field_name}")
+    for i, h in enumerate(rule.headers):
+        hp = f"{path}.headers[{i}]"
+        name = h.name
+        if not (name.lower() in _PSEUDO or _TOKEN.match(name)):
+            raise ValidationError(f"invalid header name {name!r}", path=hp)
+        if h.value is not None and any(c in h.value for c in "\r\n\0"):
+            raise ValidationError(f"header {name!r}: value contains CR, LF or NUL", path=hp)
