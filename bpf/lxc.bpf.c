@@ -112,6 +112,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return CTX_PASS;
 
 	__u16 proxy_port = 0;
+	int redirect = 0;
 	if (enforced && !icmp_error) {
 		/* Checked for every packet of a flow, not only the first: a new deny cuts it. */
 		struct policy_entry *pe = policy_lookup((__u16)ep->ep_id, dir, remote_id, proto, policy_port);
@@ -123,8 +124,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			emit_event(&ev);
 			return CTX_DROP;
 		}
-		if (pe->verdict == POLICY_REDIRECT)
+		if (pe->verdict == POLICY_REDIRECT) {
+			redirect = 1;
 			proxy_port = pe->proxy_port;
+		}
 		__sync_fetch_and_add(&pe->packets, 1);
 	}
 
@@ -132,17 +135,17 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		struct ct_entry ne = {
 			.expires_ns = now + ct_lifetime(proto, tcp_flags), .packets = 1,
 			.src_identity = ev.src_identity, .proxy_port = proxy_port,
-			.flags = proxy_port ? CT_F_REDIRECT : 0,
+			.flags = redirect ? CT_F_REDIRECT : 0,
 		};
 		bpf_map_update_elem(&ost_ct4, &ck, &ne, BPF_ANY);
 		ev.type = EV_TRACE;
 		ev.reason = REASON_NEW_FLOW;
-		ev.verdict = proxy_port ? VERDICT_REDIRECTED : VERDICT_FORWARDED;
+		ev.verdict = redirect ? VERDICT_REDIRECTED : VERDICT_FORWARDED;
 		ev.proxy_port = proxy_port;
 		metric_inc(REASON_NEW_FLOW);
 		emit_event(&ev);
 	}
-	if (proxy_port)
+	if (redirect)
 		skb->mark = ((__u32)proxy_port << 16) | MARK_MAGIC_TO_PROXY;
 	return CTX_PASS;
 

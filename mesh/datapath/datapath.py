@@ -1,0 +1,522 @@
+"""The agent's adapter to the kernel datapath: builds and loads the BPF objects, pins and adopts
+maps and links, and turns services, the ipcache and policy into map entries.
+
+Pin layout under `pin_dir`: maps/<map name>, links/cgroup_<program>, links/ep<ID>_{from,to}.
+`close()` keeps everything pinned (agent restart: traffic keeps flowing, `start()` adopts it);
+`purge()` detaches and unpins everything (uninstall, tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Iterable
+
+from bpf import build as bpf_build
+from bpf import loader
+from bpf.maps import (EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED, LAYOUTS, EndpointInfo, Event,
+                      IfindexKey, IpcacheKey, IpcacheValue, PolicyMapKey, decode_entry)
+from mesh import kernel
+from mesh.datapath import lbmap, policymap
+from mesh.errors import DatapathError, NotFoundError
+from mesh.services.model import Frontend
+
+SOCK_PROGRAMS = (
+    ("ost_sock4_connect", loader.BPF_CGROUP_INET4_CONNECT),
+    ("ost_sock4_sendmsg", loader.BPF_CGROUP_UDP4_SENDMSG),
+    ("ost_sock4_recvmsg", loader.BPF_CGROUP_UDP4_RECVMSG),
+    ("ost_sock4_getpeername", loader.BPF_CGROUP_INET4_GETPEERNAME),
+    ("ost_sock_release", loader.BPF_CGROUP_INET_SOCK_RELEASE),
+)
+# tc ingress of the host veth sees what the endpoint sends; tc egress what it receives.
+EP_PROGRAMS = (
+    ("from", "ost_lxc_from_endpoint", loader.BPF_TCX_INGRESS),
+    ("to", "ost_lxc_to_endpoint", loader.BPF_TCX_EGRESS),
+)
+
+DEFAULT_MAP_SIZES = {
+    "ost_lb4_svc": 65536, "ost_lb4_backend": 65536, "ost_lb4_affinity": 65536,
+    "ost_lb4_revnat": 65536, "ost_ipcache": 65536, "ost_endpoints": 4096, "ost_policy": 65536,
+    "ost_ct4": 131072,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DatapathConfig:
+    cgroup_root: str                       # parent cgroup of every endpoint cgroup
+    pin_dir: str = "/sys/fs/bpf/ostium"
+    build_dir: str = bpf_build.DEFAULT_BUILD_DIR
+    map_sizes: dict[str, int] = field(default_factory=dict)
+    proxy_ports: dict[str, int] = field(default_factory=dict)   # l7 parser -> proxy port
+    max_slots_per_service: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class StartReport:
+    adopted_links: int
+    created_links: int
+    adopted_endpoints: int
+    adopted_services: int
+    objects: dict[str, str]
+
+
+@dataclass(slots=True)
+class _EndpointState:
+    ep_id: int
+    ifindex: int
+    ip: str
+    identity: int
+    ifname: str = ""
+    flags: int = 0
+    policy: dict[bytes, bytes] = field(default_factory=dict)
+
+
+class Datapath:
+    def __init__(self, config: DatapathConfig, libbpf: loader.LibBPF | None = None) -> None:
+        self.config = config
+        self._libbpf = libbpf
+        self._objects: dict[str, loader.BPFObject] = {}
+        self._maps: dict[str, loader.Map] = {}
+        self._cgroup_links: dict[str, int] = {}
+        self._endpoints: dict[int, _EndpointState] = {}
+        self._ep_links: dict[tuple[int, str], int] = {}
+        self._svc: dict[bytes, bytes] = {}
+        self._backends: dict[bytes, bytes] = {}
+        self._rev_ids = lbmap.IdAllocator(limit=0xFFFF)
+        self._backend_ids = lbmap.IdAllocator()
+        self._frontends: list[Frontend] = []
+        self.map_full_errors: dict[str, int] = {}
+        self._lock = threading.RLock()
+        self._started = False
+
+    # ---- paths ----
+    @property
+    def map_dir(self) -> str:
+        return os.path.join(self.config.pin_dir, "maps")
+
+    @property
+    def link_dir(self) -> str:
+        return os.path.join(self.config.pin_dir, "links")
+
+    @property
+    def bpf(self) -> loader.LibBPF:
+        if self._libbpf is None:
+            self._libbpf = loader.LibBPF()
+        return self._libbpf
+
+    # ---- lifecycle ----
+    def start(self) -> StartReport:
+        """Build (if stale), load, pin/adopt maps and links, rebuild the in-memory mirrors."""
+        with self._lock:
+            self._ensure_bpffs()
+            objects = bpf_build.build(self.config.build_dir)
+            sizes = {**DEFAULT_MAP_SIZES, **self.config.map_sizes}
+            os.makedirs(self.map_dir, exist_ok=True)
+            os.makedirs(self.link_dir, exist_ok=True)
+            for name, path in objects.items():
+                self._objects[name] = loader.BPFObject(self.bpf, str(path), self.map_dir, sizes)
+            for name in LAYOUTS.keys() | {"ost_events"}:
+                self._maps[name] = loader.Map(self.bpf, os.dup(self._objects["lxc"].map_fd(name)), name)
+            adopted, created = self._attach_cgroup()
+            self._adopt_endpoints()
+            a2, c2 = self._attach_pinned_endpoint_links()
+            self._adopt_services()
+            self._started = True
+            return StartReport(adopted + a2, created + c2, len(self._endpoints),
+                               sum(1 for k in self._svc if k[8:10] == b"\0\0"),
+                               {k: str(v) for k, v in objects.items()})
+
+    def _ensure_bpffs(self) -> None:
+        root = "/sys/fs/bpf"
+        if self.config.pin_dir.startswith(root + "/") and not kernel.bpffs_mounted(root):
+            try:
+                kernel.mount_bpffs(root)
+            except Exception as exc:  # noqa: BLE001 - reported with what it disables
+                raise DatapathError(
+                    f"bpffs is not mounted at {root} and mounting it failed ({exc}): without it "
+                    "BPF objects cannot be pinned and the datapath would stop when the agent "
+                    "stops; run `mount -t bpf bpf /sys/fs/bpf`") from None
+
+    def _attach_cgroup(self) -> tuple[int, int]:
+        adopted = created = 0
+        try:
+            cg_fd = os.open(self.config.cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise DatapathError(
+                f"cannot open the agent cgroup {self.config.cgroup_root}: {exc.strerror}; socket "
+                "load balancing (services) needs a cgroup v2 directory") from None
+        try:
+            for prog, attach_type in SOCK_PROGRAMS:
+                prog_fd = self._objects["sock"].prog_fd(prog)
+                pin = os.path.join(self.link_dir, f"cgroup_{prog}")
+                fd = loader.open_pinned(self.bpf, pin)
+                if fd is not None:
+                    try:
+                        loader.link_update(self.bpf, fd, prog_fd)
+                        self._cgroup_links[prog] = fd
+                        adopted += 1
+                        continue
+                    except DatapathError:
+                        os.close(fd)
+                        os.unlink(pin)   # a defunct link (its cgroup is gone): attach anew
+                try:
+                    fd = loader.link_create(self.bpf, prog_fd, cg_fd, attach_type)
+                except DatapathError as exc:
+                    raise DatapathError(
+                        f"the kernel refused to attach {prog} to cgroup {self.config.cgroup_root} "
+                        f"({exc}): cgroup socket-address BPF (Linux >= 5.8 for bpf_link) is missing, "
+                        "so service load balancing is disabled") from None
+                loader.pin_fd(self.bpf, fd, pin)
+                self._cgroup_links[prog] = fd
+                created += 1
+        finally:
+            os.close(cg_fd)
+        return adopted, created
+
+    def _adopt_endpoints(self) -> None:
+        m = self._maps["ost_endpoints"]
+        for k, v in m.items():
+            ifindex = IfindexKey.unpack(k).ifindex
+            info = EndpointInfo.unpack(v)
+            self._endpoints[info.ep_id] = _EndpointState(info.ep_id, ifindex, info.address,
+                                                         info.identity, flags=info.flags)
+        pol = self._maps["ost_policy"]
+        for k, v in pol.items():
+            ep = self._endpoints.get(PolicyMapKey.unpack(k).ep_id)
+            if ep is not None:
+                ep.policy[k] = v[:4] + b"\0" * 12   # counters are not part of the desired state
+
+    def _attach_pinned_endpoint_links(self) -> tuple[int, int]:
+        adopted = 0
+        for ep in list(self._endpoints.values()):
+            for tag, prog, _ in EP_PROGRAMS:
+                pin = self._ep_pin(ep.ep_id, tag)
+                fd = loader.open_pinned(self.bpf, pin)
+                if fd is None:
+                    continue
+                try:
+                    loader.link_update(self.bpf, fd, self._objects["lxc"].prog_fd(prog))
+                    self._ep_links[(ep.ep_id, tag)] = fd
+                    adopted += 1
+                except DatapathError:
+                    os.close(fd)
+                    os.unlink(pin)
+        return adopted, 0
+
+    def _adopt_services(self) -> None:
+        self._svc = {k: v for k, v in self._maps["ost_lb4_svc"].items()}
+        self._backends = {k: v for k, v in self._maps["ost_lb4_backend"].items()}
+        lbmap.adopt(self._svc, self._backends, self._rev_ids, self._backend_ids)
+
+    def close(self) -> None:
+        """Release this process's handles; everything pinned keeps working (agent restart)."""
+        with self._lock:
+            for fd in [*self._cgroup_links.values(), *self._ep_links.values()]:
+                os.close(fd)
+            self._cgroup_links.clear()
+            self._ep_links.clear()
+            for m in self._maps.values():
+                m.close()
+            self._maps.clear()
+            for o in self._objects.values():
+                o.close()
+            self._objects.clear()
+            self._started = False
+
+    def purge(self) -> None:
+        """Detach every program and remove every pinned object (uninstall)."""
+        with self._lock:
+            for fd in [*self._cgroup_links.values(), *self._ep_links.values()]:
+                loader.link_detach(self.bpf, fd)
+            self.close()
+            for sub in (self.link_dir, self.map_dir):
+                if os.path.isdir(sub):
+                    for n in os.listdir(sub):
+                        path = os.path.join(sub, n)
+                        if sub == self.link_dir:
+                            fd = loader.open_pinned(self.bpf, path)
+                            if fd is not None:
+                                loader.link_detach(self.bpf, fd)
+                                os.close(fd)
+                        os.unlink(path)
+                    os.rmdir(sub)
+            try:
+                os.rmdir(self.config.pin_dir)
+            except OSError:
+                pass
+
+    # ---- endpoints ----
+    def _ep_pin(self, ep_id: int, tag: str) -> str:
+        return os.path.join(self.link_dir, f"ep{ep_id}_{tag}")
+
+    def attach_endpoint(self, ep_id: int, host_ifname: str, host_ifindex: int, ip: str, identity: int,
+                        netns: str | None = None) -> None:
+        """Program the endpoint's host-side veth (tcx ingress + egress, in this process's netns,
+        which must be the node's) and record it in the endpoint and ipcache maps."""
+        self._require_started()
+        if not 0 < ep_id <= 0xFFFF:
+            raise DatapathError(f"endpoint id {ep_id} is outside 1..65535")
+        with self._lock:
+            old = self._endpoints.get(ep_id)
+            flags = old.flags if old else 0
+            if old and old.ifindex != host_ifindex:
+                self._maps["ost_endpoints"].delete(IfindexKey(old.ifindex).pack())
+            self._maps["ost_endpoints"].update(IfindexKey(host_ifindex).pack(),
+                                               EndpointInfo(ep_id, identity, ip, flags).pack())
+            self.upsert_ipcache(f"{ip}/32", identity)
+            st = _EndpointState(ep_id, host_ifindex, ip, identity, host_ifname, flags,
+                                old.policy if old else {})
+            self._endpoints[ep_id] = st
+            for tag, prog, attach_type in EP_PROGRAMS:
+                key = (ep_id, tag)
+                prog_fd = self._objects["lxc"].prog_fd(prog)
+                if key in self._ep_links and not (old and old.ifindex != host_ifindex):
+                    loader.link_update(self.bpf, self._ep_links[key], prog_fd)
+                    continue
+                if key in self._ep_links:
+                    loader.link_detach(self.bpf, self._ep_links.pop(key))
+                pin = self._ep_pin(ep_id, tag)
+                if os.path.exists(pin):
+                    os.unlink(pin)
+                try:
+                    fd = loader.link_create(self.bpf, prog_fd, host_ifindex, attach_type)
+                except DatapathError as exc:
+                    if "No such device" in str(exc):
+                        raise DatapathError(f"endpoint {ep_id}: no device with ifindex {host_ifindex} "
+                                            f"({host_ifname}) in the agent's network namespace") from None
+                    raise DatapathError(
+                        f"endpoint {ep_id}: attaching the policy program to {host_ifname} failed "
+                        f"({exc}); tcx links need Linux >= 6.6: without them policy enforcement "
+                        "is disabled") from None
+                loader.pin_fd(self.bpf, fd, pin)
+                self._ep_links[key] = fd
+
+    def detach_endpoint(self, ep_id: int) -> None:
+        self._require_started()
+        with self._lock:
+            st = self._endpoints.pop(ep_id, None)
+            for tag, _, _ in EP_PROGRAMS:
+                fd = self._ep_links.pop((ep_id, tag), None)
+                if fd is not None:
+                    loader.link_detach(self.bpf, fd)
+                    os.close(fd)
+                pin = self._ep_pin(ep_id, tag)
+                if os.path.exists(pin):
+                    os.unlink(pin)
+            if st is None:
+                return
+            self._maps["ost_endpoints"].delete(IfindexKey(st.ifindex).pack())
+            pol = self._maps["ost_policy"]
+            for k in st.policy:
+                pol.delete(k)
+            self.delete_ipcache(f"{st.ip}/32")
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        return [{"id": e.ep_id, "ifindex": e.ifindex, "ip": e.ip, "identity": e.identity,
+                 "ingress_enforced": bool(e.flags & EP_F_INGRESS_ENFORCED),
+                 "egress_enforced": bool(e.flags & EP_F_EGRESS_ENFORCED),
+                 "policy_entries": len(e.policy)} for e in sorted(self._endpoints.values(), key=lambda e: e.ep_id)]
+
+    # ---- ipcache ----
+    def upsert_ipcache(self, cidr: str, identity: int) -> None:
+        self._require_started()
+        self._maps["ost_ipcache"].update(IpcacheKey.from_cidr(cidr).pack(), IpcacheValue(identity).pack())
+
+    def delete_ipcache(self, cidr: str) -> bool:
+        self._require_started()
+        return self._maps["ost_ipcache"].delete(IpcacheKey.from_cidr(cidr).pack())
+
+    # ---- policy ----
+    def sync_policy(self, ep_id: int, endpoint_policy: Any) -> int:
+        """Make the endpoint's policy entries and enforcement flags equal to the engine's output
+        (objects with `map_state`, `ingress_enforced`, `egress_enforced`). Returns the number of
+        map entries. Entries are written before enforcement is switched on, and enforcement is
+        switched off before entries are removed, so no packet sees a half-written policy."""
+        self._require_started()
+        with self._lock:
+            st = self._endpoints.get(ep_id)
+            if st is None:
+                raise NotFoundError(f"endpoint {ep_id} is not attached to the datapath")
+            entries = policymap.entries_for(ep_id, getattr(endpoint_policy, "map_state", {}) or {},
+                                            self.config.proxy_ports)
+            desired = {k.pack(): v.pack() for k, v in entries.items()}
+            flags_obj = policymap.flags_of(endpoint_policy)
+            flags = ((EP_F_INGRESS_ENFORCED if flags_obj.ingress_enforced else 0)
+                     | (EP_F_EGRESS_ENFORCED if flags_obj.egress_enforced else 0))
+            pol = self._maps["ost_policy"]
+            upserts = {k: v for k, v in desired.items() if st.policy.get(k) != v}
+            deletes = [k for k in st.policy if k not in desired]
+            self._check_capacity(pol, self._policy_fill() + len([k for k in upserts if k not in st.policy]))
+            self._apply(pol, upserts, [], st.policy)
+            st.policy.update(upserts)
+            if flags != st.flags:
+                self._maps["ost_endpoints"].update(IfindexKey(st.ifindex).pack(),
+                                                   EndpointInfo(ep_id, st.identity, st.ip, flags).pack())
+                st.flags = flags
+            for k in deletes:
+                pol.delete(k)
+                st.policy.pop(k, None)
+            return len(desired)
+
+    def _policy_fill(self) -> int:
+        return sum(len(e.policy) for e in self._endpoints.values())
+
+    # ---- services ----
+    def sync_services(self, frontends: Iterable[Frontend]) -> dict[str, int]:
+        """Make the socket-LB maps equal to these frontends (the full set). Conflicting VIPs and
+        a full map are rejected before anything is written; a failure half-way is rolled back."""
+        self._require_started()
+        frontends = list(frontends)
+        with self._lock:
+            rev_ids = lbmap.IdAllocator(dict(self._rev_ids.ids), limit=0xFFFF)
+            rev_ids._free, rev_ids._next = list(self._rev_ids._free), self._rev_ids._next
+            be_ids = lbmap.IdAllocator(dict(self._backend_ids.ids))
+            be_ids._free, be_ids._next = list(self._backend_ids._free), self._backend_ids._next
+            state = lbmap.plan(frontends, rev_ids, be_ids, self.config.max_slots_per_service)
+            svc_map, be_map = self._maps["ost_lb4_svc"], self._maps["ost_lb4_backend"]
+            self._check_capacity(svc_map, len(state.services.keys() | self._svc.keys()),
+                                 len(state.services))
+            self._check_capacity(be_map, len(state.backends.keys() | self._backends.keys()),
+                                 len(state.backends))
+            svc_up = {k: v for k, v in state.services.items() if self._svc.get(k) != v}
+            be_up = {k: v for k, v in state.backends.items() if self._backends.get(k) != v}
+            svc_del = [k for k in self._svc if k not in state.services]
+            be_del = [k for k in self._backends if k not in state.backends]
+            # Backends before the slots naming them, slots before the master entry counting them.
+            self._apply(be_map, be_up, [], self._backends)
+            slots = {k: v for k, v in svc_up.items() if k[8:10] != b"\0\0"}
+            masters = {k: v for k, v in svc_up.items() if k[8:10] == b"\0\0"}
+            try:
+                self._apply(svc_map, slots, [], self._svc)
+                self._apply(svc_map, masters, [], self._svc)
+            except DatapathError:
+                self._apply(svc_map, {k: self._svc[k] for k in slots if k in self._svc},
+                            [k for k in slots if k not in self._svc], {})
+                self._apply(be_map, {k: self._backends[k] for k in be_up if k in self._backends},
+                            [k for k in be_up if k not in self._backends], {})
+                raise
+            # Removal in the reverse order: master entries first, so no lookup finds a hole.
+            svc_del.sort(key=lambda k: k[8:10] != b"\0\0")
+            svc_map.delete_many(svc_del)
+            be_map.delete_many(be_del)
+            self._svc = dict(state.services)
+            self._backends = dict(state.backends)
+            self._rev_ids, self._backend_ids = rev_ids, be_ids
+            self._frontends = frontends
+            return {"frontends": len(frontends), "service_entries": len(state.services),
+                    "backends": len(state.backends), "written": len(svc_up) + len(be_up),
+                    "deleted": len(svc_del) + len(be_del)}
+
+    def frontends(self) -> list[Frontend]:
+        return list(self._frontends)
+
+    def _check_capacity(self, m: loader.Map, peak: int, final: int | None = None) -> None:
+        if (final if final is not None else peak) > m.info.max_entries:
+            self.map_full_errors[m.name] = self.map_full_errors.get(m.name, 0) + 1
+            raise loader.MapFullError(m.name, m.info.max_entries)
+
+    def _apply(self, m: loader.Map, upserts: dict[bytes, bytes], deletes: list[bytes],
+               old: dict[bytes, bytes]) -> None:
+        """Write a batch; on failure restore what had been written and re-raise."""
+        if not upserts and not deletes:
+            return
+        try:
+            if m.info.type == "lpm_trie":
+                written: list[bytes] = []
+                try:
+                    for k, v in upserts.items():
+                        m.update(k, v)
+                        written.append(k)
+                except DatapathError:
+                    for k in written:
+                        if k in old:
+                            m.update(k, old[k])
+                        else:
+                            m.delete(k)
+                    raise
+            else:
+                try:
+                    m.update_batch(list(upserts.items()))
+                except DatapathError:
+                    for k in upserts:
+                        if k in old:
+                            m.update(k, old[k])
+                        else:
+                            m.delete(k)
+                    raise
+            m.delete_many(deletes)
+        except loader.MapFullError:
+            self.map_full_errors[m.name] = self.map_full_errors.get(m.name, 0) + 1
+            raise
+
+    # ---- events ----
+    def event_reader(self) -> loader.RingBuffer:
+        self._require_started()
+        return loader.RingBuffer(self.bpf, self._maps["ost_events"].fd)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Trace and drop events as they happen. One consumer per Datapath (the ring has one
+        read position); the agent fans them out to API clients."""
+        rb = self.event_reader()
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        fd = rb.epoll_fd
+        loop.add_reader(fd, ready.set)
+        try:
+            while True:
+                for raw in rb.consume():
+                    yield Event.unpack(raw)
+                await ready.wait()
+                ready.clear()
+        finally:
+            loop.remove_reader(fd)
+            rb.close()
+
+    # ---- introspection ----
+    def maps_info(self) -> list[dict[str, Any]]:
+        self._require_started()
+        out = []
+        for name in sorted(self._maps):
+            m = self._maps[name]
+            fill: int | None
+            if m.info.type == "ringbuf":
+                fill = None
+            elif m.info.type.endswith("array"):
+                fill = m.info.max_entries
+            else:
+                fill = m.count()
+            out.append({"name": name, "type": m.info.type, "max_entries": m.info.max_entries,
+                        "entries": fill, "key_size": m.info.key_size, "value_size": m.info.value_size,
+                        "fill_percent": None if fill is None else round(100.0 * fill / m.info.max_entries, 2),
+                        "map_full_errors": self.map_full_errors.get(name, 0),
+                        "pinned": os.path.join(self.map_dir, name)})
+        return out
+
+    def dump_map(self, name: str) -> list[dict[str, Any]]:
+        self._require_started()
+        if name not in LAYOUTS:
+            known = ", ".join(sorted(LAYOUTS))
+            raise NotFoundError(f"no map named {name!r}; maps: {known}")
+        m = self._maps[name]
+        return [decode_entry(name, k, v) for k, v in m.items()]
+
+    def metrics(self) -> dict[str, int]:
+        from bpf.maps import MetricValue, Reason
+        m = self._maps["ost_metrics"]
+        out = {}
+        for r in Reason:
+            raw = m.lookup(r.value.to_bytes(4, "little"))
+            if raw is not None:
+                out[r.name] = MetricValue.unpack(raw).count
+        return out
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise DatapathError("the datapath is not started (call start() first)")
+
+
+def is_enoent(exc: OSError) -> bool:
+    return exc.errno == errno.ENOENT

@@ -1,0 +1,133 @@
+"""Fixtures for datapath tests: a node network namespace the test process enters, endpoints made
+by the real Plumbing inside it, a cgroup and a bpffs pin directory of the test's own, and a
+started Datapath. Everything is removed on teardown, also when the test fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import pytest
+
+from mesh import kernel
+from mesh.endpoints.plumbing import KernelEndpoint, Plumbing
+from tests.datapath import progs
+
+BUILD_DIR = "/tmp/ostium-test-bpf-build"
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+@dataclass
+class Node:
+    """The node namespace (entered by the test's main thread) and its endpoints."""
+
+    name: str
+    plumbing: Plumbing
+    tmp: str
+    endpoints: dict[str, KernelEndpoint] = field(default_factory=dict)
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def add_endpoint(self, key: str, ip: str) -> KernelEndpoint:
+        ep = self.plumbing.create(key, ip)
+        self.endpoints[key] = ep
+        return ep
+
+    def _enter(self, key: str) -> Callable[[], None]:
+        ep = self.endpoints[key]
+        return lambda: kernel.enter_endpoint(ep.netns, ep.cgroup_path)
+
+    def start_server(self, key: str, name: str, port: int) -> None:
+        ready = os.path.join(self.tmp, f"ready-{key}-{port}")
+        log = open(os.path.join(self.tmp, f"server-{key}-{port}.log"), "wb")
+        p = subprocess.Popen([sys.executable, "-c", progs.SERVER, name, str(port), ready],
+                             stdout=log, stderr=log, preexec_fn=self._enter(key))
+        self.procs.append(p)
+        wait_for(lambda: os.path.exists(ready) or p.poll() is not None, 10, f"server {name}")
+        assert p.poll() is None, open(log.name).read()
+
+    def client(self, key: str, mode: str, host: str, port: int, count: int = 1,
+               timeout: float = 2.0) -> list[dict]:
+        out = subprocess.run([sys.executable, "-c", progs.CLIENT, mode, host, str(port), str(count),
+                              str(timeout)], capture_output=True, text=True,
+                             preexec_fn=self._enter(key), timeout=60)
+        assert out.returncode == 0, out.stderr
+        return [json.loads(line) for line in out.stdout.splitlines()]
+
+    def run(self, key: str, argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, capture_output=True, text=True, preexec_fn=self._enter(key),
+                              timeout=timeout)
+
+    def popen(self, key: str, argv: list[str], **kw) -> subprocess.Popen:
+        p = subprocess.Popen(argv, preexec_fn=self._enter(key), **kw)
+        self.procs.append(p)
+        return p
+
+
+@pytest.fixture
+def node(tmp_path) -> Iterator[Node]:
+    tag = secrets.token_hex(3)
+    ns = f"ostt-node-{tag}"
+    cg2 = kernel.cgroup2_mount()
+    if not cg2:
+        pytest.fail("no cgroup v2 mount found in /proc/self/mountinfo")
+    orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    node = None
+    try:
+        kernel.setns_path(kernel.netns_path(ns))
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        plumbing = Plumbing(cgroup_root=os.path.join(cg2, f"ostium-test-{tag}"),
+                            netns_prefix=f"ostt{tag}-", router_ip="10.213.0.1")
+        plumbing.setup_node()
+        node = Node(ns, plumbing, str(tmp_path))
+        yield node
+    finally:
+        if node is not None:
+            for p in node.procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            for key in list(node.endpoints):
+                node.plumbing.delete(key)
+            node.plumbing.teardown_node()
+        kernel._libc.setns(orig, kernel.CLONE_NEWNET)
+        os.close(orig)
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@pytest.fixture
+def pin_dir() -> Iterator[str]:
+    kernel.mount_bpffs()
+    path = f"/sys/fs/bpf/ostium-test-{secrets.token_hex(3)}"
+    yield path
+    if os.path.exists(path):   # a test's Datapath.purge() normally removed it
+        subprocess.run(["rm", "-rf", path], check=False)
+
+
+@pytest.fixture
+def datapath(node, pin_dir):
+    from mesh.datapath import Datapath, DatapathConfig
+
+    dp = Datapath(DatapathConfig(cgroup_root=node.plumbing.cgroup_root, pin_dir=pin_dir,
+                                 build_dir=BUILD_DIR))
+    try:
+        dp.start()
+        yield dp
+    finally:
+        dp.purge()

@@ -1,0 +1,57 @@
+"""Small programs the datapath tests run inside endpoints (as `python -c`)."""
+
+SERVER = r'''
+import socket, sys, threading
+name, port, ready = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", port)); t.listen(256)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", port))
+def udp():
+    while True:
+        data, addr = u.recvfrom(4096)
+        u.sendto(name.encode() + b" " + data, addr)
+def conn(c):
+    # Greets with its name, then echoes until the peer closes (long transfers use this).
+    try:
+        c.sendall(name.encode() + b"\n")
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            c.sendall(d)
+    except OSError:
+        pass
+    finally:
+        c.close()
+threading.Thread(target=udp, daemon=True).start()
+open(ready, "w").write("ready")
+while True:
+    c, _ = t.accept()
+    threading.Thread(target=conn, args=(c,), daemon=True).start()
+'''
+
+CLIENT = r'''
+import errno, json, socket, sys
+mode, host, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+timeout = float(sys.argv[5]) if len(sys.argv) > 5 else 2.0
+for i in range(count):
+    rec = {}
+    try:
+        if mode == "tcp":
+            s = socket.create_connection((host, port), timeout=timeout)
+            rec["peer"] = list(s.getpeername())
+            f = s.makefile("rb")
+            rec["backend"] = f.readline().decode().strip()
+            s.close()
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(timeout)
+            s.sendto(b"ping%d" % i, (host, port))
+            data, addr = s.recvfrom(4096)
+            rec["backend"] = data.decode().split()[0]
+            rec["peer"] = list(addr)
+            s.close()
+    except OSError as e:
+        rec["error"] = errno.errorcode.get(e.errno, str(e)) if e.errno else type(e).__name__
+    print(json.dumps(rec), flush=True)
+'''
