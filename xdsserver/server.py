@@ -257,6 +257,14 @@ class XdsServer:
         async with self._progress:
             self._progress.notify_all()
 
+    def _record_held(self, node_id: str, type_url: str, versions: dict[str, str]) -> None:
+        """An Envoy that reconnects (e.g. after an agent restart) runs these versions already."""
+        st = self._status.setdefault(node_id, {})
+        now = time.time()
+        for name, version in versions.items():
+            st[(type_url, name)] = ResourceStatus(node_id, type_url, name, version, version,
+                                                  AckState.ACKED, updated_at=now)
+
     def _forget_node(self, node_id: str) -> None:
         # A new Envoy instance (restart) starts from nothing: old ACKs say nothing about it.
         self._status.pop(node_id, None)
@@ -400,7 +408,9 @@ class _Stream:
                 st.names.discard(name)
                 st.known.pop(name, None)
         # Reconnect: Envoy tells us what it already has, so unchanged resources are not resent.
-        st.known.update(req.initial_resource_versions)
+        if req.initial_resource_versions:
+            st.known.update(req.initial_resource_versions)
+            self.srv._record_held(self.node_id, t, dict(req.initial_resource_versions))
         if req.response_nonce and req.response_nonce == st.pending_nonce:
             error = req.error_detail.message if req.HasField("error_detail") else None
             await self._answer(t, st, req.response_nonce, error or None)
