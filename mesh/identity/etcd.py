@@ -84,8 +84,8 @@ class _Unavailable(Exception):
     """etcd could not be reached (retryable)."""
 
 
-class _LeaseLost(Exception):
-    """The node's lease expired or was revoked: its references are gone."""
+class _LeaseLost(IdentityError):
+    """The node's lease expired or was revoked: its references are gone (renewed by _with_lease)."""
 
 
 @dataclass

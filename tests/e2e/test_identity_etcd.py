@@ -81,6 +81,14 @@ async def test_two_nodes_get_the_same_identity_for_the_same_labels(nodes):
         assert listed[db_b.id].references == 1
         assert listed[2].labels == {"reserved:world": ""}
     assert (await a.lookup(DB)).id == db_b.id
+    # A node joining later starts from every identity the others made.
+    late = await nodes("node-late")
+    snapshot = []
+    async for ev in late.watch():
+        if ev.kind is EventKind.SYNCED:
+            break
+        snapshot.append((ev.identity.id, ev.identity.labels))
+    assert (web_a.id, WEB) in snapshot and (db_b.id, DB) in snapshot and (1, {"reserved:host": ""}) in snapshot
 
 
 async def test_a_node_sees_identities_other_nodes_allocate(nodes):
