@@ -55,3 +55,46 @@ for i in range(count):
         rec["error"] = errno.errorcode.get(e.errno, str(e)) if e.errno else type(e).__name__
     print(json.dumps(rec), flush=True)
 '''
+
+STREAM = r'''
+import socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection((host, port), timeout=5)
+s.settimeout(5)
+f = s.makefile("rb")
+print("hello", f.readline().decode().strip(), flush=True)
+chunk = b"x" * 16384
+total, last = 0, 0.0
+while True:
+    s.sendall(chunk)
+    got = 0
+    while got < len(chunk):
+        d = s.recv(len(chunk) - got)
+        if not d:
+            print("closed", flush=True); sys.exit(1)
+        got += len(d)
+    total += got
+    now = time.monotonic()
+    if now - last > 0.05:
+        print(total, flush=True)
+        last = now
+'''
+
+OWNER = r'''
+import json, sys, time
+from types import SimpleNamespace
+from mesh.datapath import Datapath, DatapathConfig
+from mesh.policy.model import Direction, Verdict
+from mesh.policy.resolve import PolicyEntry, PolicyKey
+from mesh.services.model import Backend, Frontend
+cfg = json.loads(sys.argv[1])
+dp = Datapath(DatapathConfig(cgroup_root=cfg["cgroup_root"], pin_dir=cfg["pin_dir"], build_dir=cfg["build_dir"]))
+dp.start()
+for e in cfg["endpoints"]:
+    dp.attach_endpoint(e["id"], e["ifname"], e["ifindex"], e["ip"], e["identity"])
+dp.sync_services([Frontend(cfg["vip"], 80, "TCP", (Backend(cfg["backend"], 8080),), 0, "default/web")])
+ms = {PolicyKey(Direction.INGRESS, cfg["allowed_identity"], 6, 8080, 8080): PolicyEntry(Verdict.ALLOW)}
+dp.sync_policy(cfg["policy_ep"], SimpleNamespace(map_state=ms, ingress_enforced=True, egress_enforced=False))
+print("ready", flush=True)
+time.sleep(3600)
+'''

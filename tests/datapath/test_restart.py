@@ -1,0 +1,100 @@
+"""kill -9 of the process owning the datapath: pinned programs keep enforcing, a new process adopts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from mesh.datapath import Datapath, DatapathConfig
+from mesh.policy.model import Direction, Verdict
+from mesh.policy.resolve import PolicyEntry, PolicyKey
+from mesh.services.model import Backend, Frontend
+from tests.datapath import progs
+from tests.datapath.conftest import BUILD_DIR, wait_for
+
+pytestmark = pytest.mark.root
+
+VIP, A, B, C = "10.96.0.77", "10.213.3.1", "10.213.3.2", "10.213.3.3"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Progress:
+    """Reads the streaming client's byte counter from its stdout in a thread."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.total = 0
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.strip())
+            if line.strip().isdigit():
+                self.total = int(line)
+
+    def advances(self, what: str) -> None:
+        start = self.total
+        wait_for(lambda: self.total > start + 1_000_000, 10, f"transfer to advance {what} ({self.lines[-3:]})")
+
+
+def test_kill_9_keeps_established_flows_and_policy_then_new_process_adopts(node, pin_dir):
+    eps = []
+    for i, (key, ip, ident) in enumerate((("a", A, 1001), ("b", B, 1002), ("c", C, 1003)), start=1):
+        ep = node.add_endpoint(key, ip)
+        eps.append({"id": i, "ifname": ep.host_ifname, "ifindex": ep.host_ifindex, "ip": ip, "identity": ident})
+    node.start_server("b", "b", 8080)
+    cfg = {"cgroup_root": node.plumbing.cgroup_root, "pin_dir": pin_dir, "build_dir": BUILD_DIR,
+           "endpoints": eps, "vip": VIP, "backend": B, "allowed_identity": 1001, "policy_ep": 2}
+    owner = subprocess.Popen([sys.executable, "-c", progs.OWNER, json.dumps(cfg)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    node.procs.append(owner)
+    dp = None
+    try:
+        line = owner.stdout.readline()
+        assert line.strip() == "ready", owner.stderr.read()
+        stream = node.popen("a", [sys.executable, "-u", "-c", progs.STREAM, VIP, "80"],
+                            stdout=subprocess.PIPE, text=True)
+        progress = Progress(stream)
+        progress.advances("before the kill")
+        assert progress.lines[0] == "hello b"
+
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait()
+        progress.advances("after kill -9")
+        # New connections follow the pinned service and policy with no process owning them.
+        assert node.client("a", "tcp", VIP, 80)[0].get("backend") == "b"
+        assert node.client("c", "tcp", VIP, 80, timeout=0.6)[0].get("error")
+        assert node.client("c", "tcp", B, 8080, timeout=0.6)[0].get("error")
+
+        # A new process adopts what is pinned: links are swapped in place, state is known.
+        dp = Datapath(DatapathConfig(cgroup_root=node.plumbing.cgroup_root, pin_dir=pin_dir,
+                                     build_dir=BUILD_DIR))
+        report = dp.start()
+        assert report.adopted_links == 5 + 2 * 3 and report.created_links == 0
+        assert report.adopted_endpoints == 3 and report.adopted_services == 1
+        progress.advances("after adoption")
+        again = dp.sync_services([Frontend(VIP, 80, "TCP", (Backend(B, 8080),), 0, "default/web")])
+        assert again["written"] == 0 and again["deleted"] == 0
+        ms = {PolicyKey(Direction.INGRESS, 1001, 6, 8080, 8080): PolicyEntry(Verdict.ALLOW)}
+        dp.sync_policy(2, SimpleNamespace(map_state=ms, ingress_enforced=True, egress_enforced=False))
+        assert node.client("a", "tcp", VIP, 80)[0].get("backend") == "b"
+        assert node.client("c", "tcp", B, 8080, timeout=0.6)[0].get("error")
+        progress.advances("after the new process reconciled")
+        assert stream.poll() is None
+    finally:
+        if dp is None:
+            dp = Datapath(DatapathConfig(cgroup_root=node.plumbing.cgroup_root, pin_dir=pin_dir,
+                                         build_dir=BUILD_DIR))
+            try:
+                dp.start()
+            except Exception:  # noqa: BLE001 - purge what can be purged below
+                pass
+        dp.purge()
