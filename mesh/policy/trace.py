@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from mesh.errors import NotFoundError, ValidationError
-from mesh.identity.labels import MIN_ALLOCATED_IDENTITY, labels_key, security_labels
+from mesh.identity.labels import MIN_ALLOCATED_IDENTITY, RESERVED_IDENTITIES, labels_key, security_labels
 from mesh.labels import name_error, validate_labels
 from mesh.manifests import Document, load_documents
 from mesh.policy.l7 import HTTPRequest, KafkaRequest
@@ -126,6 +126,12 @@ def offline_repository(policy_paths: Sequence[str], endpoint_paths: Sequence[str
 
 def resolve_peer(repo: PolicyRepository, endpoints: Iterable[EndpointInfo], text: str, what: str) -> Peer:
     eps = list(endpoints)
+    if text.startswith("reserved:"):  # a reserved identity (host, remote-node, ...), not an address
+        number = RESERVED_IDENTITIES.get(text.partition(":")[2])
+        if number is None:
+            raise ValidationError(f"{text!r}: unknown reserved identity (one of "
+                                  f"{', '.join(sorted(RESERVED_IDENTITIES))})", path=f"--{what}")
+        return Peer(None, None, number)
     try:
         addr = ipaddress.ip_address(text)
     except ValueError:
