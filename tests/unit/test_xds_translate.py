@@ -1,0 +1,193 @@
+"""Table tests of the pure L7 → Envoy translation."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh.errors import ValidationError
+from xdsserver.cache import Snapshot
+from xdsserver.translate import (ORIGINAL_DST_CLUSTER, Direction, EscapedSlashes, HeaderMatch,
+                                 HTTPRule, PeerRule, PortPolicy, ProxyOptions, TranslateInput,
+                                 listener_name, translate, validate_http_rule)
+
+IN, OUT = Direction.INGRESS, Direction.EGRESS
+IPCACHE = {1000: ("10.0.1.5",), 1001: ("10.0.2.0/24", "fd00::7"), 1002: ()}
+
+
+def only_chain(res, i=0):
+    (listener,) = res.listeners
+    return listener["filter_chains"][i]
+
+
+def hcm(chain):
+    return chain["filters"][0]["typed_config"]
+
+
+def rbac(chain):
+    return hcm(chain)["http_filters"][0]["typed_config"]["rules"]
+
+
+def run(*ports, **opts):
+    return translate(TranslateInput(ports=tuple(ports), ipcache=IPCACHE,
+                                    options=ProxyOptions(**opts)))
+
+
+GET_PUBLIC = HTTPRule(method="GET", path="/public/.*")
+
+# (test id, port policy, expected RBAC policies)
+RBAC_TABLE = [
+    ("ingress identities become direct_remote_ip principals",
+     PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(frozenset({1000, 1001}), (GET_PUBLIC,)),)),
+     {"rule-0": {
+         "principals": [{"direct_remote_ip": {"address_prefix": "10.0.1.5", "prefix_len": 32}},
+                        {"direct_remote_ip": {"address_prefix": "10.0.2.0", "prefix_len": 24}},
+                        {"direct_remote_ip": {"address_prefix": "fd00::7", "prefix_len": 128}}],
+         "permissions": [{"and_rules": {"rules": [
+             {"header": {"name": ":method", "string_match": {"safe_regex": {"regex": "GET"}}}},
+             {"url_path": {"path": {"safe_regex": {"regex": "/public/.*"}}}}]}}]}}),
+    ("wildcard peers: any principal",
+     PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(None, (HTTPRule(method="POST"),)),)),
+     {"rule-0": {"principals": [{"any": True}], "permissions": [{"and_rules": {"rules": [
+         {"header": {"name": ":method", "string_match": {"safe_regex": {"regex": "POST"}}}}]}}]}}),
+    ("no http rules: every request from the peers",
+     PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(frozenset({1000}), ()),)),
+     {"rule-0": {"principals": [{"direct_remote_ip": {"address_prefix": "10.0.1.5", "prefix_len": 32}}],
+                 "permissions": [{"any": True}]}}),
+    ("identity without addresses allows nobody",
+     PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(frozenset({1002, 9999}), (GET_PUBLIC,)),)),
+     {}),
+    ("headers: presence and exact, names lower-cased; host on :authority",
+     PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(None, (HTTPRule(
+         host=r"api\.example", headers=(HeaderMatch("X-Trace"), HeaderMatch("X-Env", "prod"))),)),)),
+     {"rule-0": {"principals": [{"any": True}], "permissions": [{"and_rules": {"rules": [
+         {"header": {"name": ":authority", "string_match": {"safe_regex": {"regex": r"api\.example"}}}},
+         {"header": {"name": "x-trace", "present_match": True}},
+         {"header": {"name": "x-env", "string_match": {"exact": "prod"}}}]}}]}}),
+    ("egress: remote identities are destination_ip in every permission",
+     PortPolicy("10.0.0.9", OUT, 443, 15002, (PeerRule(frozenset({1000}), (HTTPRule(method="GET"),)),)),
+     {"rule-0": {"principals": [{"any": True}], "permissions": [{"and_rules": {"rules": [
+         {"or_rules": {"rules": [{"destination_ip": {"address_prefix": "10.0.1.5", "prefix_len": 32}}]}},
+         {"and_rules": {"rules": [
+             {"header": {"name": ":method", "string_match": {"safe_regex": {"regex": "GET"}}}}]}}]}}]}}),
+    ("several peer rules: one policy each (OR)",
+     PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(None, (HTTPRule(method="GET"),)),
+                                            PeerRule(frozenset({1000}), ()))),
+     {"rule-0": {"principals": [{"any": True}], "permissions": [{"and_rules": {"rules": [
+         {"header": {"name": ":method", "string_match": {"safe_regex": {"regex": "GET"}}}}]}}]},
+      "rule-1": {"principals": [{"direct_remote_ip": {"address_prefix": "10.0.1.5", "prefix_len": 32}}],
+                 "permissions": [{"any": True}]}}),
+]
+
+
+@pytest.mark.parametrize("pp,expected", [c[1:] for c in RBAC_TABLE], ids=[c[0] for c in RBAC_TABLE])
+def test_rbac_policies(pp, expected):
+    rules = rbac(only_chain(run(pp)))
+    assert rules == {"action": "ALLOW", "policies": expected}
+
+
+@pytest.mark.parametrize("direction,match", [
+    (IN, {"destination_port": 80, "prefix_ranges": [{"address_prefix": "10.0.0.1", "prefix_len": 32}]}),
+    (OUT, {"destination_port": 80,
+           "source_prefix_ranges": [{"address_prefix": "10.0.0.1", "prefix_len": 32}]}),
+])
+def test_filter_chain_matches_the_endpoint_per_direction(direction, match):
+    chain = only_chain(run(PortPolicy("10.0.0.1", direction, 80, 15001, (PeerRule(None),))))
+    assert chain["filter_chain_match"] == match
+    assert chain["name"] == f"{direction.value}:10.0.0.1:80"
+
+
+def test_listener_is_transparent_with_original_dst_on_localhost():
+    res = run(PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(None),)))
+    (listener,) = res.listeners
+    assert listener["name"] == listener_name(15001)
+    assert listener["address"] == {"socket_address": {"address": "127.0.0.1", "port_value": 15001}}
+    assert listener["transparent"] is True
+    assert [f["name"] for f in listener["listener_filters"]] == ["envoy.filters.listener.original_dst"]
+
+
+def test_http_connection_manager_normalizes_and_maps_denials():
+    h = hcm(only_chain(run(PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(None),)))))
+    assert h["codec_type"] == "AUTO"
+    assert h["normalize_path"] is True and h["merge_slashes"] is True
+    assert h["path_with_escaped_slashes_action"] == "UNESCAPE_AND_REDIRECT"
+    assert [f["name"] for f in h["http_filters"]] == ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+    (mapper,) = h["local_reply_config"]["mappers"]
+    assert mapper["filter"]["status_code_filter"]["comparison"]["value"]["default_value"] == 403
+    assert mapper["body"] == {"inline_string": "Access denied\r\n"}
+    als = h["access_log"][0]["typed_config"]
+    assert als["common_config"]["grpc_service"] == {"envoy_grpc": {"cluster_name": "ostium_als"}}
+    assert "grpc-status" in als["additional_response_trailers_to_log"]
+
+
+def test_escaped_slash_action_and_no_access_log_are_options():
+    h = hcm(only_chain(run(PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(None),)),
+                           escaped_slashes=EscapedSlashes.REJECT_REQUEST, als_cluster=None)))
+    assert h["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+    assert "access_log" not in h
+
+
+def test_original_dst_cluster_marks_upstream_sockets():
+    (cluster,) = run(PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(None),)),
+                     upstream_mark=0x2a00).clusters
+    assert cluster["name"] == ORIGINAL_DST_CLUSTER
+    assert (cluster["type"], cluster["lb_policy"]) == ("ORIGINAL_DST", "CLUSTER_PROVIDED")
+    assert cluster["upstream_bind_config"]["socket_options"] == [
+        {"level": 1, "name": 36, "int_value": 0x2a00, "state": "STATE_PREBIND"}]
+
+
+def test_one_listener_per_proxy_port_and_merged_duplicate_ports():
+    res = run(PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(None, (HTTPRule(method="GET"),)),)),
+              PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(None, (HTTPRule(method="PUT"),)),)),
+              PortPolicy("10.0.0.2", IN, 80, 15001, (PeerRule(None),)),
+              PortPolicy("10.0.0.1", OUT, 53, 15002, (PeerRule(None),)))
+    assert [l["name"] for l in res.listeners] == [listener_name(15001), listener_name(15002)]
+    chains = res.listeners[0]["filter_chains"]
+    assert [c["name"] for c in chains] == ["ingress:10.0.0.1:80", "ingress:10.0.0.2:80"]
+    assert sorted(rbac(chains[0])["policies"]) == ["rule-0", "rule-1"]
+
+
+def test_output_is_deterministic_whatever_the_input_order():
+    a = PortPolicy("10.0.0.2", IN, 80, 15001, (PeerRule(frozenset({1001, 1000})),))
+    b = PortPolicy("10.0.0.1", IN, 8080, 15001, (PeerRule(None),))
+    assert run(a, b) == run(b, a)
+    assert Snapshot.build(run(a, b).by_type()).version == Snapshot.build(run(b, a).by_type()).version
+
+
+def test_every_output_is_a_valid_envoy_resource():
+    res = run(*(c[1] for c in RBAC_TABLE))
+    snap = Snapshot.build(res.by_type())
+    assert len(snap.resources("type.googleapis.com/envoy.config.listener.v3.Listener")) == 2
+    static = translate(TranslateInput(ports=(RBAC_TABLE[0][1],),
+                                      options=ProxyOptions(static_upstream=("127.0.0.1", 8080))))
+    Snapshot.build(static.by_type())
+
+
+@pytest.mark.parametrize("pp,path", [
+    (PortPolicy("10.0.0.300", IN, 80, 15001, ()), "ports[0].endpoint_ip"),
+    (PortPolicy("10.0.0.1", IN, 0, 15001, ()), "ports[0].port"),
+    (PortPolicy("10.0.0.1", IN, 80, 70000, ()), "ports[0].proxy_port"),
+    (PortPolicy("10.0.0.1", IN, 53, 15001, (), protocol="UDP"), "ports[0].protocol"),
+])
+def test_bad_port_policy_names_the_field(pp, path):
+    with pytest.raises(ValidationError) as exc:
+        run(pp)
+    assert exc.value.path == path
+
+
+@pytest.mark.parametrize("rule,path,text", [
+    (HTTPRule(path="/a("), "http.path", "missing )"),
+    (HTTPRule(method="GET|("), "http.method", "invalid regular expression"),
+    (HTTPRule(host="(?=x)y"), "http.host", "invalid regular expression"),   # lookahead: not RE2
+    (HTTPRule(path="(a|b|c|d|e|f)+x{1,60}"), "http.path", "too complex"),
+    (HTTPRule(headers=(HeaderMatch("bad header"),)), "http.headers[0]", "invalid header name"),
+    (HTTPRule(headers=(HeaderMatch("x", "a\r\nb"),)), "http.headers[0]", "CR, LF"),
+])
+def test_validate_rejects_what_envoy_would_nack(rule, path, text):
+    with pytest.raises(ValidationError) as exc:
+        validate_http_rule(rule)
+    assert exc.value.path == path and text in exc.value.message
+
+
+def test_validate_accepts_cilium_style_rules():
+    validate_http_rule(HTTPRule(method="GET|POST", path="/v1/request-landing", host=".*",
+                                headers=(HeaderMatch(":authority"), HeaderMatch("X-Has-Force", "true"))))
