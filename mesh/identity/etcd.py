@@ -234,6 +234,7 @@ class EtcdAllocator(IdentityAllocator):
         self._synced = asyncio.Event()
         self._closed = False
         self.lease_renewals = 0  # how often the lease had to be granted anew (visible in status)
+        self._refs_dirty = False  # a lease renewal has not rewritten every reference yet
 
     @classmethod
     async def open(cls, endpoints: Sequence[str], node: str | None = None, **kwargs: Any) -> "EtcdAllocator":
@@ -281,24 +282,32 @@ class EtcdAllocator(IdentityAllocator):
             except IdentityError as exc:
                 log.warning("identity lease keepalive failed: %s", exc)
                 continue
-            if not alive:
-                log.warning("identity lease %s expired: re-creating this node's references", self._lease)
+            except Exception:
+                log.exception("identity lease keepalive failed")
+                continue
+            if not alive or self._refs_dirty:
+                if not alive:
+                    log.warning("identity lease %s expired: re-creating this node's references", self._lease)
                 try:
                     async with self._lock:
-                        await self._reassert()
-                except IdentityError as exc:
+                        await self._reassert(new_lease=not alive)
+                except Exception as exc:  # retried on the next round: the lease is still unknown
                     log.warning("re-creating identity references failed, will retry: %s", exc)
 
-    async def _reassert(self) -> None:
-        """A new lease, and every reference this node holds written again under it (lock held)."""
-        await self._grant_lease()
-        self.lease_renewals += 1
+    async def _reassert(self, new_lease: bool = True) -> None:
+        """A new lease, and every reference this node holds written again under it (lock held).
+        Until every reference is back, `_refs_dirty` makes the keepalive loop try again."""
+        if new_lease:
+            await self._grant_lease()
+            self.lease_renewals += 1
+        self._refs_dirty = True
         for qkey, ref in list(self._local.items()):
             n = await self._take_reference(qkey, ref.labels, ref.owners)
             if n != ref.id:
                 log.warning("identity of %s changed from %d to %d after the lease was lost",
                             labels_key(ref.labels), ref.id, n)
                 ref.id = n
+        self._refs_dirty = False
 
     async def _with_lease(self, op):
         """Run `op()`; if the lease is gone, renew it, re-assert our references and run it again."""
@@ -601,6 +610,11 @@ class EtcdAllocator(IdentityAllocator):
                 rev = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+            except Exception:  # a bug or a malformed message: never leave the node without a watch
+                log.exception("identity watch failed; re-listing")
+                rev = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _watch_from(self, start: int) -> int | None:
         """Stream changes from revision `start`; returns the last revision seen, or None to re-list."""
@@ -655,5 +669,5 @@ class EtcdAllocator(IdentityAllocator):
             await asyncio.sleep(self.gc_interval)
             try:
                 await self.gc()
-            except IdentityError as exc:
+            except Exception as exc:
                 log.warning("identity GC failed, will retry: %s", exc)
