@@ -412,7 +412,7 @@ class _Stream:
             st.known.update(req.initial_resource_versions)
             self.srv._record_held(self.node_id, t, dict(req.initial_resource_versions))
         if req.response_nonce and req.response_nonce == st.pending_nonce:
-            error = req.error_detail.message if req.HasField("error_detail") else None
+            error = req.error_detail.message.strip() if req.HasField("error_detail") else None
             await self._answer(t, st, req.response_nonce, error or None)
 
     async def _on_sotw(self, req) -> None:
@@ -426,7 +426,7 @@ class _Stream:
         if req.response_nonce:
             if req.response_nonce != st.pending_nonce:
                 return  # stale: Envoy answers the newest nonce later
-            error = req.error_detail.message if req.HasField("error_detail") else None
+            error = req.error_detail.message.strip() if req.HasField("error_detail") else None
             if not error:
                 st.acked_version = req.version_info
             await self._answer(t, st, req.response_nonce, error or None)

@@ -137,3 +137,38 @@ async def test_grpc_method_rules_and_permission_denied(tmp_path):
         assert by_path["/test.Echo/Say"].protocol == "HTTP/2"
         assert by_path["/test.Echo/Secret"].grpc_status == 7
         assert by_path["/test.Echo/Secret"].rbac_denied
+
+
+async def test_egress_rules_match_the_source_endpoint_and_the_destination_identity(tmp_path):
+    """Egress: the chain matches the *source* endpoint (127.0.0.1 here); the remote identities are
+    destinations (RBAC destination_ip on the original destination = the local address)."""
+    port = free_port()
+    with http_backend() as backend:
+        async with envoy_harness(tmp_path) as h:
+            def snap(dest_ips):
+                inp = TranslateInput(
+                    ports=(PortPolicy("127.0.0.1", Direction.EGRESS, port, port,
+                                      (PeerRule(frozenset({2000}), (HTTPRule(method="GET"),)),)),),
+                    ipcache={2000: dest_ips},
+                    options=ProxyOptions(transparent=False,
+                                         static_upstream=("127.0.0.1", backend.server_address[1])))
+                return Snapshot.build(translate(inp).by_type())
+
+            allowed = snap(("127.0.0.1",))
+            h.cache.set_snapshot(h.node_id, allowed)
+            assert await h.server.wait_applied(h.node_id, allowed) == []
+            await wait_port_open(port)
+            url = f"http://127.0.0.1:{port}/x"
+            assert (await curl(url)).status == 200
+            assert (await curl(url, "-X", "DELETE")).status == 403
+            # Another source endpoint has no egress chain here: the connection is closed, never
+            # forwarded (fail closed).
+            with pytest.raises(RuntimeError, match="curl"):
+                await curl(url, "--interface", "127.0.0.2")
+            # The destination is not among the allowed identities' addresses: denied.
+            other = snap(("127.0.0.9",))
+            h.cache.set_snapshot(h.node_id, other)
+            assert await h.server.wait_applied(h.node_id, other) == []
+            assert (await curl(url)).status == 403
+            recs = await h.wait_records(lambda rs: len(rs) >= 3)
+            assert all(r.tags["ostium.direction"] == "egress" for r in recs)
