@@ -14,7 +14,11 @@ from mesh.errors import IdentityError
 from mesh.identity.allocator import EventKind, IdRange
 from mesh.identity.etcd import EtcdAllocator
 from mesh.identity.labels import security_labels
-from tests.etcd_fixture import etcd_server  # noqa: F401  (fixture)
+
+try:  # `python -m pytest` from the repo root has it on sys.path; the `pytest` script only has tests/
+    from tests.etcd_fixture import etcd_server  # noqa: F401  (fixture)
+except ModuleNotFoundError:
+    from etcd_fixture import etcd_server  # noqa: F401
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(60)]
 
@@ -186,7 +190,7 @@ async def test_an_etcd_restart_loses_nothing_and_the_allocator_reconnects(etcd_s
     etcd_server.stop()
     # An allocation issued while etcd is down waits (retrying) and completes once it is back.
     pending = asyncio.create_task(a.allocate(API, "ep4"))
-    await asyncio.sleep(0)  # noqa: ASYNC  (let it start and hit the dead etcd; no synchronisation relied on)
+    await asyncio.sleep(0)  # let it start against the stopped etcd (it retries; nothing depends on timing)
     await asyncio.to_thread(etcd_server.start)
 
     api = await asyncio.wait_for(pending, 15)
