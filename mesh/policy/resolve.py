@@ -230,6 +230,9 @@ class PolicyRepository:
         self._cidr_ids: dict[str, int] = {}
         self._next_local = LOCAL_IDENTITY_BASE
         self._entry_cache: dict[tuple, PolicyEntry] = {}
+        # Identities added on behalf of endpoints (not by upsert_identity): endpoint count each,
+        # removed with their last endpoint.
+        self._auto_ids: dict[int, int] = {}
         for name, number in RESERVED_IDENTITIES.items():
             self._sc.upsert_identity(number, {f"{SOURCE_RESERVED}:{name}": ""})
         for ident, labels in (identities or {}).items():
@@ -312,11 +315,13 @@ class PolicyRepository:
     # --- identities ------------------------------------------------------------------------------
 
     def upsert_identity(self, identity: int, labels: Mapping[str, str]) -> None:
+        self._auto_ids.pop(identity, None)  # now owned by the caller
         changed = self._sc.upsert_identity(identity, labels)
         self._bump()
         self._identity_changed(identity, changed)
 
     def delete_identity(self, identity: int) -> None:
+        self._auto_ids.pop(identity, None)
         changed = self._sc.remove_identity(identity)
         self._bump()
         self._identity_changed(identity, changed)
@@ -341,12 +346,16 @@ class PolicyRepository:
     # --- endpoints -------------------------------------------------------------------------------
 
     def upsert_endpoint(self, ep: EndpointInfo) -> None:
-        """Add or update an endpoint. An identity not yet in the table is added with the endpoint's labels."""
+        """Add or update an endpoint. An identity not yet in the table is added with the endpoint's
+        labels, and removed again with the last endpoint that has it."""
         old = self._endpoints.get(ep.key)
         if old == ep:
             return
         if not self._sc.has_identity(ep.identity):
             self.upsert_identity(ep.identity, ep.labels)
+            self._auto_ids[ep.identity] = 0
+        if ep.identity in self._auto_ids and (old is None or old.identity != ep.identity):
+            self._auto_ids[ep.identity] += 1
         self._bump()
         self._endpoints[ep.key] = ep
         self._deleted.pop(ep.key, None)
@@ -366,6 +375,17 @@ class PolicyRepository:
         old_ports = dict(old.named_ports) if old else {}
         if old_ports != dict(ep.named_ports):
             self._named_ports_changed(old_ports, dict(ep.named_ports))
+        if old is not None and old.identity != ep.identity:
+            self._release_auto(old.identity)
+
+    def _release_auto(self, identity: int) -> None:
+        n = self._auto_ids.get(identity)
+        if n is None:
+            return
+        if n <= 1:
+            self.delete_identity(identity)
+        else:
+            self._auto_ids[identity] = n - 1
 
     def delete_endpoint(self, namespace: str, name: str) -> bool:
         key = (namespace, name)
@@ -378,6 +398,7 @@ class PolicyRepository:
         self._deleted[key] = self._revision
         if old.named_ports:
             self._named_ports_changed(dict(old.named_ports), {})
+        self._release_auto(old.identity)
         return True
 
     def _leave_group(self, epkey: tuple[str, str], gk: tuple) -> None:
