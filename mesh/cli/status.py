@@ -21,6 +21,9 @@ def run(args) -> int:
     print(f"Agent:       {a['state']} (ostium {a['version']}, pid {a['pid']}, up {a['uptime_seconds']}s, "
           f"node {a['node']})")
     print(f"State dir:   {a['state_dir']}")
+    v = st.get("versions") or {}
+    if v:
+        print("Versions:    " + ", ".join(f"{k} {val}" for k, val in v.items()))
     n = st["network"]
     print(f"Pod CIDR:    {n['pod_cidr']} (router {n['router_ip']}, {n['addresses_in_use']}/{n['addresses_total']} "
           f"addresses in use)")
