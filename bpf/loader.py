@@ -289,7 +289,7 @@ class BPFObject:
         m = bpf.lib.bpf_object__next_map(self.obj, None)
         while m:
             name = bpf.lib.bpf_map__name(m).decode()
-            if name.startswith("."):   # .rodata/.bss: per object, never pinned
+            if "." in name:   # <obj>.rodata/.bss: per object, never pinned
                 m = bpf.lib.bpf_object__next_map(self.obj, m)
                 continue
             if max_entries and name in max_entries:

@@ -41,6 +41,10 @@ struct trace_event {
 	__u32 len;
 };
 
+/* Never used at run time: keeps struct trace_event in the object's BTF so the codec test can
+ * compare sizes (the ring buffer map itself carries no value type). */
+struct trace_event ost_btf_trace_event;
+
 static __always_inline void metric_inc(__u32 idx)
 {
 	__u64 *c = bpf_map_lookup_elem(&ost_metrics, &idx);

@@ -8,7 +8,8 @@
 
 /* ---- socket load balancing ---- */
 
-/* slot 0 is the service's master entry (count = number of slots); slots 1..count hold backend
+/* Preallocated (no BPF_F_NO_PREALLOC): batch loads of 10,000s of entries then allocate nothing.
+ * slot 0 is the service's master entry (count = number of slots); slots 1..count hold backend
  * ids, repeated in proportion to their weights. */
 struct lb4_key {
 	__be32 address;   /* VIP */
@@ -67,7 +68,6 @@ struct {
 	__type(key, struct lb4_key);
 	__type(value, struct lb4_service);
 	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ost_lb4_svc SEC(".maps");
 
@@ -76,7 +76,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct lb4_backend);
 	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ost_lb4_backend SEC(".maps");
 

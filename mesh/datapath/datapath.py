@@ -12,6 +12,7 @@ import asyncio
 import errno
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterable
 
@@ -88,6 +89,7 @@ class Datapath:
         self._rev_ids = lbmap.IdAllocator(limit=0xFFFF)
         self._backend_ids = lbmap.IdAllocator()
         self._frontends: list[Frontend] = []
+        self._plan_cache: dict = {}
         self.map_full_errors: dict[str, int] = {}
         self._lock = threading.RLock()
         self._started = False
@@ -375,7 +377,9 @@ class Datapath:
             rev_ids._free, rev_ids._next = list(self._rev_ids._free), self._rev_ids._next
             be_ids = lbmap.IdAllocator(dict(self._backend_ids.ids))
             be_ids._free, be_ids._next = list(self._backend_ids._free), self._backend_ids._next
-            state = lbmap.plan(frontends, rev_ids, be_ids, self.config.max_slots_per_service)
+            t0 = time.perf_counter()
+            cache = dict(self._plan_cache)
+            state = lbmap.plan(frontends, rev_ids, be_ids, self.config.max_slots_per_service, cache)
             svc_map, be_map = self._maps["ost_lb4_svc"], self._maps["ost_lb4_backend"]
             self._check_capacity(svc_map, len(state.services.keys() | self._svc.keys()),
                                  len(state.services))
@@ -385,6 +389,7 @@ class Datapath:
             be_up = {k: v for k, v in state.backends.items() if self._backends.get(k) != v}
             svc_del = [k for k in self._svc if k not in state.services]
             be_del = [k for k in self._backends if k not in state.backends]
+            t1 = time.perf_counter()
             # Backends before the slots naming them, slots before the master entry counting them.
             self._apply(be_map, be_up, [], self._backends)
             slots = {k: v for k, v in svc_up.items() if k[8:10] != b"\0\0"}
@@ -402,13 +407,16 @@ class Datapath:
             svc_del.sort(key=lambda k: k[8:10] != b"\0\0")
             svc_map.delete_many(svc_del)
             be_map.delete_many(be_del)
+            t2 = time.perf_counter()
             self._svc = dict(state.services)
             self._backends = dict(state.backends)
             self._rev_ids, self._backend_ids = rev_ids, be_ids
+            self._plan_cache = cache
             self._frontends = frontends
             return {"frontends": len(frontends), "service_entries": len(state.services),
                     "backends": len(state.backends), "written": len(svc_up) + len(be_up),
-                    "deleted": len(svc_del) + len(be_del)}
+                    "deleted": len(svc_del) + len(be_del),
+                    "plan_ms": round((t1 - t0) * 1000, 2), "write_ms": round((t2 - t1) * 1000, 2)}
 
     def frontends(self) -> list[Frontend]:
         return list(self._frontends)

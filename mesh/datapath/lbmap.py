@@ -3,6 +3,8 @@ so that affinity records and established sockets' reverse records keep meaning t
 
 from __future__ import annotations
 
+import socket
+import struct
 from dataclasses import dataclass, field
 from functools import reduce
 from math import gcd
@@ -78,43 +80,83 @@ def frontend_key(f: Frontend) -> FrontendKey:
     return (f.vip, f.port, proto)
 
 
+_SVC_KEY = struct.Struct(Lb4Key.FMT)
+_SVC_VAL = struct.Struct(Lb4Service.FMT)
+_BE_KEY = struct.Struct(BackendId.FMT)
+_BE_VAL = struct.Struct(Lb4Backend.FMT)
+_PORT = struct.Struct("!H")
+
+
 def plan(frontends: Iterable[Frontend], rev_ids: IdAllocator, backend_ids: IdAllocator,
-         max_slots: int = 256) -> LbState:
+         max_slots: int = 256, cache: dict | None = None) -> LbState:
     """Compute the full contents of ost_lb4_svc and ost_lb4_backend for these frontends.
-    Allocators are updated in place (ids of vanished frontends/backends are released)."""
+    Allocators are updated in place (ids of vanished frontends/backends are released).
+
+    `cache` (Frontend -> its packed entries) makes a re-sync cost only what changed: the agent
+    re-syncs the full set whenever one service changes. The hot loop packs bytes directly (same
+    layouts as the bpf.maps codecs, which the tests compare)."""
     services: dict[bytes, bytes] = {}
     backends: dict[bytes, bytes] = {}
     owners: dict[FrontendKey, str] = {}
     keep_rev: set = set()
     keep_be: set = set()
+    aton = socket.inet_aton
+    svc_key, svc_val, be_key, be_val = _SVC_KEY.pack, _SVC_VAL.pack, _BE_KEY.pack, _BE_VAL.pack
+    port_pack = _PORT.pack
+    rev_map, be_map = rev_ids.ids, backend_ids.ids
+    new_cache: dict = {}
     for f in frontends:
-        fk = frontend_key(f)
+        proto = PROTOCOL_NUMBERS.get(f.protocol)
+        if proto is None:
+            raise DatapathError(f"frontend {f.vip}:{f.port}: unknown protocol {f.protocol!r}")
+        fk = (f.vip, f.port, proto)
         if fk in owners:
             raise ConflictError(
                 f"service {f.service or '?'}: {f.vip}:{f.port}/{f.protocol} is already the frontend of "
                 f"service {owners[fk] or '?'}")
         owners[fk] = f.service
-        rev = rev_ids.get(fk)
         keep_rev.add(fk)
-        slots_per = slot_weights([b.weight for b in f.backends], max_slots)
+        hit = cache.get(f) if cache is not None else None
+        if hit is not None:
+            svc_items, be_items, bks = hit
+            services.update(svc_items)
+            backends.update(be_items)
+            keep_be.update(bks)
+            new_cache[f] = hit
+            continue
+        rev = rev_map.get(fk) or rev_ids.get(fk)
+        vip, vport = aton(f.vip), port_pack(f.port)
+        weights = [b.weight for b in f.backends]
+        slots_per = weights if all(w == 1 for w in weights) else slot_weights(weights, max_slots)
         slot = 0
+        svc_items: list[tuple[bytes, bytes]] = []
+        be_items: list[tuple[bytes, bytes]] = []
+        bks: list = []
         for b, n in zip(f.backends, slots_per):
             if n == 0:
                 continue
             bk = (fk, b.ip, b.port)
-            bid = backend_ids.get(bk)
-            keep_be.add(bk)
-            backends[BackendId(bid).pack()] = Lb4Backend(b.ip, b.port, fk[2]).pack()
+            bid = be_map.get(bk) or backend_ids.get(bk)
+            bks.append(bk)
+            be_items.append((be_key(bid), be_val(aton(b.ip), port_pack(b.port), proto, 0)))
+            sval = svc_val(bid, 0, 0, 0, 0)
             for _ in range(n):
                 slot += 1
-                services[Lb4Key(f.vip, f.port, fk[2], slot).pack()] = Lb4Service(backend_id=bid).pack()
+                svc_items.append((svc_key(vip, vport, proto, 0, slot, 0), sval))
         flags = SVC_FLAG_AFFINITY if f.affinity_timeout > 0 else 0
-        services[Lb4Key(f.vip, f.port, fk[2], 0).pack()] = Lb4Service(
-            count=slot, flags=flags, rev_nat_id=rev, affinity_timeout=f.affinity_timeout).pack()
-    rev_ids.retain(keep_rev)
-    backend_ids.retain(keep_be)
+        svc_items.append((svc_key(vip, vport, proto, 0, 0, 0), svc_val(0, slot, flags, rev, f.affinity_timeout)))
+        services.update(svc_items)
+        backends.update(be_items)
+        keep_be.update(bks)
+        new_cache[f] = (svc_items, be_items, bks)
+    if len(keep_rev) != len(rev_map):
+        rev_ids.retain(keep_rev)
+    if len(keep_be) != len(be_map):
+        backend_ids.retain(keep_be)
+    if cache is not None:
+        cache.clear()
+        cache.update(new_cache)
     return LbState(services, backends)
-
 
 def adopt(services: dict[bytes, bytes], backends: dict[bytes, bytes], rev_ids: IdAllocator,
           backend_ids: IdAllocator) -> None:
