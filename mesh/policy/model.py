@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from typing import Union
 
 
-class Verdict(enum.Enum):
+# StrEnum: C-level hashing (these are parts of map-state keys) and JSON-friendly values.
+class Verdict(enum.StrEnum):
     ALLOW = "allow"
     DENY = "deny"
     REDIRECT = "redirect"  # allowed at L3/L4, sent to the L7 proxy which checks each request
 
 
-class Direction(enum.Enum):
+class Direction(enum.StrEnum):
     INGRESS = "ingress"
     EGRESS = "egress"
 
@@ -73,6 +74,14 @@ class LabelSelector:
     """A conjunction of requirements; empty matches every identity (callers scope it)."""
 
     requirements: tuple[Requirement, ...] = ()
+    # Selectors are dict keys on every hot path of the repository: hash once.
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(("label", self.requirements)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         return "{" + ", ".join(str(r) for r in self.requirements) + "}"
@@ -84,6 +93,13 @@ class CIDRSelector:
 
     cidr: str
     excepts: tuple[str, ...] = ()
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(("cidr", self.cidr, self.excepts)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         return self.cidr + (f" except {','.join(self.excepts)}" if self.excepts else "")

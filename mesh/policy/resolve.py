@@ -216,6 +216,7 @@ class PolicyRepository:
         self._revision = 0
         self._policies: dict[tuple[str, str, str], Policy] = {}
         self._rules: list[Rule] = []  # in policy-key order
+        self._subjects: set = set()
         self._endpoints: dict[tuple[str, str], EndpointInfo] = {}
         self._ep_group: dict[tuple[str, str], tuple] = {}
         self._ep_rev: dict[tuple[str, str], int] = {}
@@ -329,8 +330,7 @@ class PolicyRepository:
     def _identity_changed(self, identity: int, changed: set[Selector]) -> None:
         if not changed:
             return
-        subjects = {r.subject for r in self._rules}
-        if changed & subjects:
+        if not changed.isdisjoint(self._subjects):
             for gk in self._groups_by_identity.get(identity, ()):
                 self._mark(gk)
         patch: set[tuple] = set()
@@ -490,6 +490,7 @@ class PolicyRepository:
 
     def _rules_changed(self, old: Policy | None, new: Policy | None) -> None:
         self._rules = [r for k in sorted(self._policies) for r in self._policies[k].rules]
+        self._subjects = {r.subject for r in self._rules}
         affected: set[int] = set()
         for pol in (old, new):
             if pol is None:
@@ -550,8 +551,22 @@ class PolicyRepository:
     def _flush(self) -> None:
         if not self._dirty:
             return
+        # The rules selecting each dirty identity, in rule order, in one pass over the rules.
+        wanted = {self._groups[gk].identity for gk in self._dirty}
+        by_ident: dict[int, list[Rule]] = {i: [] for i in wanted}
+        for rule in self._rules:
+            selected = self._sc.ids(rule.subject)
+            if len(selected) < len(wanted):
+                for i in selected:
+                    if i in by_ident:
+                        by_ident[i].append(rule)
+            else:
+                for i in wanted:
+                    if i in selected:
+                        by_ident[i].append(rule)
         for gk in sorted(self._dirty, key=repr):
-            self._build(gk, self._groups[gk])
+            g = self._groups[gk]
+            self._build(gk, g, by_ident[g.identity])
         self._dirty.clear()
 
     # --- computing a group -----------------------------------------------------------------------
@@ -576,16 +591,13 @@ class PolicyRepository:
             return [(int(proto), p.port, hi) for proto in ANY_EXPANSION]
         return [(int(p.protocol), p.port, hi)]
 
-    def _build(self, gk: tuple, g: _Group) -> None:
+    def _build(self, gk: tuple, g: _Group, rules: list[Rule]) -> None:
         """Stage 1: the rules that select this group's identity → filters. Stage 2: map state."""
         self._unindex_group(gk, g)
-        ident = g.identity
         filters: dict[FilterKey, _Filter] = {}
         enforce_in = enforce_eg = False
         selected_by: list[RuleRef] = []
-        for rule in self._rules:
-            if ident not in self._sc.ids(rule.subject):
-                continue
+        for rule in rules:
             selected_by.append(rule.ref)
             enforce_in = enforce_in or rule.enforce_ingress
             enforce_eg = enforce_eg or rule.enforce_egress

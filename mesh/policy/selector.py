@@ -194,16 +194,57 @@ class LabelIndex:
         return set(self.with_key(SOURCE_RESERVED, selector.entity))
 
 
+def _index_keys(selector: Selector) -> list[tuple] | None:
+    """Index entries that any identity the selector selects must have, or None (test every identity).
+
+    For a label selector: the values of its most selective positive requirement (In: each
+    (source, key, value); Exists: (source, key)). For a CIDR selector: its prefix label.
+    """
+    if isinstance(selector, LabelSelector):
+        best = None
+        for r in selector.requirements:
+            if r.operator == OP_IN:
+                cand = (0 if r.key != NAMESPACE_KEY else 1, [("kv", r.source, r.key, v) for v in r.values])
+            elif r.operator == OP_EXISTS:
+                cand = (2, [("k", r.source, r.key)])
+            else:
+                continue
+            if best is None or cand[0] < best[0]:
+                best = cand
+        return best[1] if best else None
+    if isinstance(selector, CIDRSelector) and not selector.cidr.endswith("/0"):
+        return [("k", SOURCE_CIDR, selector.cidr)]
+    return None
+
+
+def _identity_keys(lab: SplitLabels) -> set[tuple]:
+    exact, anysrc = lab
+    out: set[tuple] = set()
+    for (source, key), value in exact.items():
+        out.add(("kv", source, key, value))
+        out.add(("k", source, key))
+    for key, values in anysrc.items():
+        out.add(("k", SOURCE_ANY, key))
+        for value in values:
+            out.add(("kv", SOURCE_ANY, key, value))
+    return out
+
+
 class SelectorCache:
     """Selector → set of identities, kept current as identities come and go.
 
     The sets returned by `ids` are live (updated in place): copy them to keep a snapshot.
+    A changed identity is only tested against the selectors that could select it (an index of
+    each selector's most selective requirement) and those that selected it before.
     """
 
     def __init__(self) -> None:
         self.index = LabelIndex()
         self._selections: dict[Selector, set[int]] = {}
         self._refs: dict[Selector, int] = {}
+        self._by_key: dict[tuple, set[Selector]] = {}
+        self._unkeyed: set[Selector] = set()
+        self._member_of: dict[int, set[Selector]] = {}
 
     def __len__(self) -> int:
         return len(self._selections)
@@ -212,16 +253,40 @@ class SelectorCache:
         n = self._refs.get(selector, 0)
         self._refs[selector] = n + 1
         if n == 0:
-            self._selections[selector] = self.index.evaluate(selector)
+            members = self._selections[selector] = self.index.evaluate(selector)
+            for i in members:
+                self._member_of.setdefault(i, set()).add(selector)
+            keys = _index_keys(selector)
+            if keys is None:
+                self._unkeyed.add(selector)
+            else:
+                for k in keys:
+                    self._by_key.setdefault(k, set()).add(selector)
         return self._selections[selector]
 
     def release_selector(self, selector: Selector) -> None:
         n = self._refs.get(selector, 0) - 1
-        if n <= 0:
-            self._refs.pop(selector, None)
-            self._selections.pop(selector, None)
-        else:
+        if n > 0:
             self._refs[selector] = n
+            return
+        self._refs.pop(selector, None)
+        members = self._selections.pop(selector, None) or set()
+        for i in members:
+            s = self._member_of.get(i)
+            if s is not None:
+                s.discard(selector)
+                if not s:
+                    del self._member_of[i]
+        keys = _index_keys(selector)
+        if keys is None:
+            self._unkeyed.discard(selector)
+        else:
+            for k in keys:
+                s = self._by_key.get(k)
+                if s is not None:
+                    s.discard(selector)
+                    if not s:
+                        del self._by_key[k]
 
     def ids(self, selector: Selector) -> set[int]:
         s = self._selections.get(selector)
@@ -244,21 +309,35 @@ class SelectorCache:
             self.index.remove(identity)
         self.index.add(identity, labels)
         lab = self.index.split[identity]
+        candidates = set(self._unkeyed)
+        candidates |= self._member_of.get(identity, set())
+        by_key = self._by_key
+        for k in _identity_keys(lab):
+            s = by_key.get(k)
+            if s:
+                candidates |= s
         changed: set[Selector] = set()
-        for sel, members in self._selections.items():
+        member_of = self._member_of.setdefault(identity, set())
+        for sel in candidates:
+            members = self._selections[sel]
             now = matches(sel, lab)
             if now != (identity in members):
-                (members.add if now else members.discard)(identity)
+                if now:
+                    members.add(identity)
+                    member_of.add(sel)
+                else:
+                    members.discard(identity)
+                    member_of.discard(sel)
                 changed.add(sel)
+        if not member_of:
+            del self._member_of[identity]
         return changed
 
     def remove_identity(self, identity: int) -> set[Selector]:
         if identity not in self.index.all:
             return set()
         self.index.remove(identity)
-        changed: set[Selector] = set()
-        for sel, members in self._selections.items():
-            if identity in members:
-                members.discard(identity)
-                changed.add(sel)
+        changed = self._member_of.pop(identity, set())
+        for sel in changed:
+            self._selections[sel].discard(identity)
         return changed
