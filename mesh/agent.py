@@ -78,7 +78,7 @@ class Agent:
         self.config = config
         self.started = time.time()
         self.lock = StateLock(config.state_dir)
-        self._change_lock = asyncio.Lock()
+        self.change_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self.handlers: dict[str, KindHandler] = {}
         self.features: list[kernel.Feature] = []
@@ -87,6 +87,9 @@ class Agent:
         self.runner: web.AppRunner | None = None
         self.store: StateStore | None = None
         self.extra_routes: list[Callable[[], list[web.RouteDef]]] = []  # components add their API routes
+        # Called in order after an endpoint is created/updated/deleted: identity, policy, datapath, ...
+        self.endpoint_hooks: list[Callable[[str, Endpoint], Awaitable[None]]] = []
+        self.stop_hooks: list[Callable[[], Awaitable[None]]] = []
 
     # --- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -103,6 +106,7 @@ class Agent:
         self.endpoints = EndpointManager(self.store, self.ipam, self.plumbing,
                                          log_dir=os.path.join(cfg.state_dir, "logs"))
         self._register_builtin_kinds()
+        await self._start_components()
         self.features = await asyncio.to_thread(kernel.probe_features, cfg.bpffs)
         self.versions = await asyncio.to_thread(kernel.component_versions)
         for f in self.features:
@@ -110,6 +114,8 @@ class Agent:
                 log.warning("kernel feature missing", extra={"feature": f.name, "detail": f.detail,
                                                              "disables": f.disables})
         self.reconcile_report = await asyncio.to_thread(self.endpoints.reconcile)
+        for ep in self.endpoints.list():  # identities and policy for what survived the restart
+            await self.endpoint_event("updated", ep)
         self.runner = await serve_unix(make_app(self.routes()), cfg.socket)
         log.info("agent ready", extra={"socket": cfg.socket, "state_dir": cfg.state_dir,
                                        "endpoints": len(self.endpoints.list()), "version": mesh.__version__})
@@ -128,7 +134,36 @@ class Agent:
     def request_stop(self) -> None:
         self._stop.set()
 
+    async def _start_components(self) -> None:
+        from mesh.components.identity import IdentityComponent
+        from mesh.components.policy import POLICY_KINDS, PolicyComponent
+
+        self.identity = IdentityComponent(self)
+        await self.identity.start()
+        self.stop_hooks.append(self.identity.stop)
+        self.policy = PolicyComponent(self)
+        await self.policy.start()
+        self.identity.identity_hooks.append(self.policy.identity_changed)
+        for ident, labels in self.identity.identities.items():
+            self.policy.repo.upsert_identity(ident, labels)
+        self.endpoint_hooks += [self.identity.endpoint_changed, self.policy.endpoint_changed]
+        self.register_kind_handler(KindHandler(POLICY_KINDS, apply=self.policy.apply, delete=self.policy.delete,
+                                               order=30))
+        self.extra_routes += [self.identity.routes, self.policy.routes]
+        self.components["identity"] = self.identity.status
+        self.components["policy"] = self.policy.status
+
+    async def endpoint_event(self, event: str, ep: Endpoint) -> None:
+        for hook in self.endpoint_hooks:
+            await hook(event, ep)
+
     async def stop(self) -> None:
+        for hook in reversed(self.stop_hooks):
+            try:
+                await hook()
+            except Exception:
+                log.exception("component stop failed")
+        self.stop_hooks.clear()
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
@@ -147,8 +182,8 @@ class Agent:
             self.handlers[k] = handler
 
     def _register_builtin_kinds(self) -> None:
-        self.register_kind_handler(KindHandler(("Namespace",), apply=self._apply_stored, delete=self._delete_stored,
-                                               order=10))
+        self.register_kind_handler(KindHandler(("Namespace",), apply=self._apply_namespace,
+                                               delete=self._delete_namespace, order=10))
         self.register_kind_handler(KindHandler(("Endpoint",), validate=self._validate_endpoints,
                                                apply=self._apply_endpoint, delete=self._delete_endpoint, order=20))
 
@@ -163,6 +198,20 @@ class Agent:
     async def _delete_stored(self, kind: str, namespace: str, name: str) -> bool:
         return self.store.delete(kind, namespace, name)
 
+    async def _apply_namespace(self, item: Parsed) -> str:
+        action = await self._apply_stored(item)
+        if action != "unchanged":  # namespace labels are part of every member's identity
+            for ep in self.endpoints.list(item.name):
+                await self.endpoint_event("updated", ep)
+        return action
+
+    async def _delete_namespace(self, kind: str, namespace: str, name: str) -> bool:
+        found = await self._delete_stored(kind, namespace, name)
+        if found:
+            for ep in self.endpoints.list(name):
+                await self.endpoint_event("updated", ep)
+        return found
+
     def _validate_endpoints(self, items: list[Parsed]) -> None:
         self.endpoints.check([i.obj for i in items], allow_existing=True)
 
@@ -171,17 +220,21 @@ class Agent:
         try:
             self.endpoints.get(spec.namespace, spec.name)
         except NotFoundError:
-            await asyncio.to_thread(self.endpoints.create, spec)
+            ep = await asyncio.to_thread(self.endpoints.create, spec)
+            await self.endpoint_event("created", ep)
             return "created"
-        _ep, changed = await asyncio.to_thread(self.endpoints.update, spec)
+        ep, changed = await asyncio.to_thread(self.endpoints.update, spec)
+        if changed:
+            await self.endpoint_event("updated", ep)
         return "configured" if changed else "unchanged"
 
     async def _delete_endpoint(self, kind: str, namespace: str, name: str) -> bool:
         try:
-            await asyncio.to_thread(self.endpoints.delete, namespace, name)
-            return True
+            ep = await asyncio.to_thread(self.endpoints.delete, namespace, name)
         except NotFoundError:
             return False
+        await self.endpoint_event("deleted", ep)
+        return True
 
     def _snapshot(self, item: Parsed) -> Any:
         if item.kind == "Endpoint":
@@ -198,7 +251,9 @@ class Agent:
             if h.delete:
                 await h.delete(item.kind, item.namespace, item.name)
         elif item.kind == "Endpoint":
-            await asyncio.to_thread(self.endpoints.update, before)
+            ep, changed = await asyncio.to_thread(self.endpoints.update, before)
+            if changed:
+                await self.endpoint_event("updated", ep)
         elif h.apply:
             await h.apply(Parsed(Document(item.doc.source, item.doc.index, before), item.kind, item.namespace,
                                  item.name, item.obj))
@@ -209,7 +264,7 @@ class Agent:
             if p.kind not in self.handlers:
                 raise ValidationError(f"kind {p.kind} is known but not served by this agent "
                                       "(its component is not enabled)", document=p.doc.ref)
-        async with self._change_lock:
+        async with self.change_lock:
             by_handler: dict[int, list[Parsed]] = {}
             for p in parsed:
                 by_handler.setdefault(id(self.handlers[p.kind]), []).append(p)
@@ -242,7 +297,7 @@ class Agent:
     async def delete_manifests(self, docs: list[Document]) -> list[dict[str, str]]:
         parsed = parse_documents(docs)
         results = []
-        async with self._change_lock:
+        async with self.change_lock:
             for p in sorted(parsed, key=lambda x: -self.handlers[x.kind].order if x.kind in self.handlers else 0):
                 h = self.handlers.get(p.kind)
                 deleted = bool(h and h.delete and await h.delete(p.kind, p.namespace, p.name))
@@ -322,14 +377,21 @@ class Agent:
         except ValidationError as exc:
             raise ValidationError(exc.message, path={"metadata.name": "NAME", "spec.ip": "--ip",
                                                      "spec.command": "--command"}.get(exc.path, exc.path)) from None
-        async with self._change_lock:
+        async with self.change_lock:
             ep = await asyncio.to_thread(self.endpoints.create, spec)
+            try:
+                await self.endpoint_event("created", ep)
+            except BaseException:
+                await asyncio.to_thread(self.endpoints.delete, ep.namespace, ep.name)
+                await self.endpoint_event("deleted", ep)
+                raise
         return json_response(ep.to_json(), status=201)
 
     async def h_endpoint_delete(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["namespace"], request.match_info["name"]
-        async with self._change_lock:
+        async with self.change_lock:
             ep = await asyncio.to_thread(self.endpoints.delete, ns, name)
+            await self.endpoint_event("deleted", ep)
         return json_response(ep.to_json())
 
     async def h_apply(self, request: web.Request) -> web.Response:
