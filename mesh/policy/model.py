@@ -222,6 +222,12 @@ class Policy:
     def key(self) -> tuple[str, str, str]:
         return (self.kind, self.namespace, self.name)
 
+    def summary(self) -> dict:
+        """What GET /v1/policies lists per policy (the CLI's `policy get` columns)."""
+        return {"kind": self.kind, "apiVersion": self.api_version, "namespace": self.namespace or None,
+                "name": self.name, "rules": len(self.rules),
+                "selects": [str(r.subject) for r in self.rules]}
+
     def selectors(self) -> set[Selector]:
         out: set[Selector] = set()
         for rule in self.rules:
