@@ -545,10 +545,11 @@ def _cilium_spec(spec: Any, path: str, *, kind: str, namespace: str, name: str, 
     if edd is not None:
         epath = _join(path, "enableDefaultDeny")
         _fields(edd, epath, ("ingress", "egress"))
+        # An explicit value wins both ways (Cilium only defaults the fields left unset).
         if edd.get("ingress") is not None:
-            enforce_in = _bool(edd["ingress"], _join(epath, "ingress")) and enforce_in
+            enforce_in = _bool(edd["ingress"], _join(epath, "ingress"))
         if edd.get("egress") is not None:
-            enforce_eg = _bool(edd["egress"], _join(epath, "egress")) and enforce_eg
+            enforce_eg = _bool(edd["egress"], _join(epath, "egress"))
     return Rule(subject, enforce_in, enforce_eg, tuple(items), RuleRef(kind, namespace, name, path))
 
 
@@ -646,7 +647,7 @@ def parse_k8s_network_policy(doc: Document) -> Policy:
     types_raw = spec.get("policyTypes")
     if types_raw is None:
         # Kubernetes' default: Ingress always, Egress when the policy has an egress section.
-        types = {"Ingress"} | ({"Egress"} if spec.get("egress") is not None else set())
+        types = {"Ingress"} | ({"Egress"} if spec.get("egress") else set())
     else:
         types = set()
         for i, t in enumerate(_list(types_raw, "spec.policyTypes")):
