@@ -193,11 +193,13 @@ class XdsServer:
 
     async def wait_applied(self, node_id: str, snapshot: Snapshot, timeout: float = 10.0,
                            type_urls: Iterable[str] | None = None) -> list[ResourceStatus]:
-        """Wait until Envoy answered (ACK or NACK) every resource of `snapshot` of the given types
-        (default: the wildcard types, LDS and CDS); return the NACKed ones."""
-        types = list(type_urls) if type_urls is not None else [
-            t for t in snapshot.type_urls() if t in res.WILDCARD_TYPES]
+        """Wait until Envoy answered (ACK or NACK) every resource of `snapshot` (of `type_urls`,
+        default all its types); return the NACKed ones.
 
+        Resources of named (non-wildcard) types, such as routes, are only sent once Envoy asks for
+        them: if Envoy never will (their listener was rejected), leave their type out.
+        """
+        types = list(type_urls) if type_urls is not None else snapshot.type_urls()
         def answered() -> bool:
             st = self._status.get(node_id, {})
             for t in types:
@@ -233,14 +235,20 @@ class XdsServer:
                 s.version_sent, s.state, s.nonce, s.updated_at = vr.version, AckState.PENDING, nonce, now
 
     async def _record_answer(self, node_id: str, type_url: str, nonce: str, removed: Iterable[str],
-                             error: str | None, sample: LatencySample) -> None:
+                             error: str | None, sample: LatencySample,
+                             isolating: frozenset[str] = frozenset()) -> None:
         st = self._status.setdefault(node_id, {})
         now = time.time()
         in_response = [s for (t, _), s in st.items() if t == type_url and s.nonce == nonce]
         # Envoy NACKs a whole response but applies the resources it could (LDS/CDS add each one);
         # its message names the failing ones, so blame those when it does, all of them otherwise.
+        # Resources being isolated (a Delta stream resends them one by one to find the culprit)
+        # stay pending until their own answer.
         blamed = [s for s in in_response if error and s.name in error] or in_response
         for s in in_response:
+            if s.name in isolating:
+                s.nack_message, s.updated_at = f"being isolated after NACK: {error}", now
+                continue
             if error and s in blamed:
                 s.state, s.nack_message, s.nack_version = AckState.NACKED, error, s.version_sent
                 log.warning("Envoy %s rejected %s %s version %s: %s", node_id,
@@ -308,6 +316,8 @@ class _TypeState:
     pending_at: float = 0.0
     pending_count: int = 0
     pending_removed: tuple[str, ...] = ()
+    pending_names: tuple[str, ...] = ()
+    suspects: list[str] = field(default_factory=list)    # delta: resend one by one (NACK culprit)
     responded: bool = False
     acked_version: str = ""
 
@@ -385,9 +395,19 @@ class _Stream:
     async def _answer(self, t: str, st: _TypeState, nonce: str, error: str | None) -> None:
         sample = LatencySample(self.node_id, t, self.kind, time.monotonic() - st.pending_at,
                                bool(error), st.pending_count)
-        removed = st.pending_removed
-        st.pending_nonce, st.pending_removed = "", ()
-        await self.srv._record_answer(self.node_id, t, nonce, removed, error, sample)
+        removed, names = st.pending_removed, st.pending_names
+        st.pending_nonce, st.pending_removed, st.pending_names = "", (), ()
+        isolating: frozenset[str] = frozenset()
+        if (error and self.kind is StreamKind.DELTA and len(names) > 1
+                and not any(n in error for n in names)):
+            # Envoy's message does not say which resource failed (RDS errors name none). Envoy
+            # applied the others; resend each once, alone, so its own ACK/NACK tells. Bounded:
+            # every suspect is resent exactly once.
+            isolating = frozenset(names)
+            st.suspects = sorted(names)
+            for n in names:
+                st.known.pop(n, None)
+        await self.srv._record_answer(self.node_id, t, nonce, removed, error, sample, isolating)
 
     async def _on_delta(self, req) -> None:
         t = req.type_url
@@ -458,8 +478,15 @@ class _Stream:
         from envoy.service.discovery.v3 import discovery_pb2
 
         wanted = self._wanted(snap, t, st)
-        updated = [vr for n, vr in wanted.items() if st.known.get(n) != vr.version]
-        removed = [n for n in st.known if n not in wanted and (st.wildcard or n in st.names)]
+        removed: list[str] = []
+        while st.suspects and st.suspects[0] not in wanted:
+            st.suspects.pop(0)
+        if st.suspects:
+            name = st.suspects.pop(0)
+            updated = [wanted[name]]
+        else:
+            updated = [vr for n, vr in wanted.items() if st.known.get(n) != vr.version]
+            removed = [n for n in st.known if n not in wanted and (st.wildcard or n in st.names)]
         if not updated and not removed and st.responded:
             return
         nonce = self.srv._new_nonce()
@@ -500,10 +527,8 @@ class _Stream:
         st.responded = True
         st.pending_nonce, st.pending_at = nonce, time.monotonic()
         st.pending_count, st.pending_removed = len(sent), removed
+        st.pending_names = tuple(vr.name for vr in sent)
         self.srv._record_sent(self.node_id, t, nonce, sent)
-        if not sent:
-            # Nothing of ours in it (an empty first response): still a push we time.
-            pass
 
 
 def _subset_version(items: dict[str, VersionedResource]) -> str:

@@ -142,6 +142,32 @@ async def test_delta_nack_is_reported_and_the_rejected_version_not_pushed_again(
     call.cancel()
 
 
+async def test_delta_nack_naming_no_resource_is_isolated_by_resending_each_once(xds):
+    cache, server, ch = xds
+    cache.set_snapshot(NODE, snap(routes=[route("r1"), route("r2")]))
+    call = stub(ch).DeltaAggregatedResources()
+    await call.write(dreq(RDS, subscribe=["r1", "r2"]))
+    resp = await read(call)
+    assert names(resp) == ["r1", "r2"]
+    await call.write(dreq(RDS, node=False, nonce=resp.nonce, error="missing ): GET("))
+    one = await read(call)
+    assert names(one) == ["r1"]
+    await call.write(dreq(RDS, node=False, nonce=one.nonce))
+    two = await read(call)
+    assert names(two) == ["r2"]
+    await call.write(dreq(RDS, node=False, nonce=two.nonce, error="missing ): GET("))
+    nacked = await server.wait_applied(NODE, cache.get_snapshot(NODE))
+    assert [(n.name, n.nack_message) for n in nacked] == [("r2", "missing ): GET(")]
+    st = {s.name: s for s in server.resource_status(NODE)}
+    assert st["r1"].state is AckState.ACKED
+    # Isolation is done: the next change is pushed normally, r2's rejected version is not resent.
+    cache.set_snapshot(NODE, snap(routes=[route("r1"), route("r2"), route("r3")]))
+    await call.write(dreq(RDS, node=False, subscribe=["r3"]))
+    resp = await read(call)
+    assert names(resp) == ["r3"]
+    call.cancel()
+
+
 async def test_delta_one_response_in_flight_and_latest_state_wins(xds):
     cache, server, ch = xds
     cache.set_snapshot(NODE, snap([cluster("a")]))

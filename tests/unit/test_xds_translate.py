@@ -23,8 +23,14 @@ def hcm(chain):
     return chain["filters"][0]["typed_config"]
 
 
-def rbac(chain):
-    return hcm(chain)["http_filters"][0]["typed_config"]["rules"]
+def route_of(res, chain):
+    (route,) = [r for r in res.routes if r["name"] == hcm(chain)["rds"]["route_config_name"]]
+    return route
+
+
+def rbac_of(res, chain):
+    per_route = route_of(res, chain)["virtual_hosts"][0]["typed_per_filter_config"]
+    return per_route["envoy.filters.http.rbac"]["rbac"]["rules"]
 
 
 def run(*ports, **opts):
@@ -81,8 +87,8 @@ RBAC_TABLE = [
 
 @pytest.mark.parametrize("pp,expected", [c[1:] for c in RBAC_TABLE], ids=[c[0] for c in RBAC_TABLE])
 def test_rbac_policies(pp, expected):
-    rules = rbac(only_chain(run(pp)))
-    assert rules == {"action": "ALLOW", "policies": expected}
+    res = run(pp)
+    assert rbac_of(res, only_chain(res)) == {"action": "ALLOW", "policies": expected}
 
 
 @pytest.mark.parametrize("direction,match", [
@@ -111,6 +117,9 @@ def test_http_connection_manager_normalizes_and_maps_denials():
     assert h["normalize_path"] is True and h["merge_slashes"] is True
     assert h["path_with_escaped_slashes_action"] == "UNESCAPE_AND_REDIRECT"
     assert [f["name"] for f in h["http_filters"]] == ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+    # Fail closed: without the route's per-route rules, the listener's RBAC allows nothing.
+    assert h["http_filters"][0]["typed_config"]["rules"] == {"action": "ALLOW"}
+    assert h["rds"]["config_source"] == {"ads": {}, "resource_api_version": "V3"}
     (mapper,) = h["local_reply_config"]["mappers"]
     assert mapper["filter"]["status_code_filter"]["comparison"]["value"]["default_value"] == 403
     assert mapper["body"] == {"inline_string": "Access denied\r\n"}
@@ -143,7 +152,23 @@ def test_one_listener_per_proxy_port_and_merged_duplicate_ports():
     assert [l["name"] for l in res.listeners] == [listener_name(15001), listener_name(15002)]
     chains = res.listeners[0]["filter_chains"]
     assert [c["name"] for c in chains] == ["ingress:10.0.0.1:80", "ingress:10.0.0.2:80"]
-    assert sorted(rbac(chains[0])["policies"]) == ["rule-0", "rule-1"]
+    assert sorted(rbac_of(res, chains[0])["policies"]) == ["rule-0", "rule-1"]
+    assert [r["name"] for r in res.routes] == ["ingress:10.0.0.1:80", "ingress:10.0.0.2:80",
+                                               "egress:10.0.0.1:53"]
+
+
+def test_a_rule_change_touches_only_the_route():
+    before = run(PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(None, (HTTPRule(method="GET"),)),)))
+    after = run(PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(None, (HTTPRule(method="PUT"),)),)))
+    assert before.listeners == after.listeners and before.clusters == after.clusters
+    assert before.routes != after.routes
+
+
+def test_same_endpoint_port_on_two_proxy_ports_is_refused():
+    with pytest.raises(ValidationError, match="two proxy ports") as exc:
+        run(PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(None),)),
+            PortPolicy("10.0.0.1", IN, 80, 15002, (PeerRule(None),)))
+    assert exc.value.path == "ports[1].proxy_port"
 
 
 def test_output_is_deterministic_whatever_the_input_order():
@@ -154,9 +179,10 @@ def test_output_is_deterministic_whatever_the_input_order():
 
 
 def test_every_output_is_a_valid_envoy_resource():
-    res = run(*(c[1] for c in RBAC_TABLE))
+    res = run(*(c[1] for c in RBAC_TABLE[:1] + RBAC_TABLE[5:6]))
     snap = Snapshot.build(res.by_type())
     assert len(snap.resources("type.googleapis.com/envoy.config.listener.v3.Listener")) == 2
+    assert len(snap.resources("type.googleapis.com/envoy.config.route.v3.RouteConfiguration")) == 2
     static = translate(TranslateInput(ports=(RBAC_TABLE[0][1],),
                                       options=ProxyOptions(static_upstream=("127.0.0.1", 8080))))
     Snapshot.build(static.by_type())

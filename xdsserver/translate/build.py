@@ -1,7 +1,14 @@
-"""L7 policy → Envoy Listeners and Clusters (proto3 JSON dicts). Pure: no I/O, no protobuf.
+"""L7 policy → Envoy Listeners, Routes and Clusters (proto3 JSON dicts). Pure: no I/O, no protobuf.
 
 One transparent listener per proxy port, one filter chain per redirected (endpoint, direction,
-port), each with an HTTP connection manager whose RBAC filter allows exactly what the rules say.
+port), each with an HTTP connection manager whose route configuration comes over RDS and carries
+the RBAC rules as per-route config (RBACPerRoute on the virtual host). The listener-level RBAC
+filter denies everything: a chain whose routes are not there yet allows nothing (fail closed).
+
+Why rules live in RDS, not in the listener: a policy change then only replaces a
+RouteConfiguration. Envoy swaps it atomically for new requests, established connections stay up
+(an LDS change of a filter chain drains its connections), and nothing is rebuilt but the routes.
+
 Output is deterministic (sorted), so an unchanged policy yields unchanged resource versions and
 Envoy is not touched.
 """
@@ -23,6 +30,8 @@ STATIC_UPSTREAM_CLUSTER = "ostium-upstream"
 _T = "type.googleapis.com/"
 HCM_TYPE = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 RBAC_TYPE = _T + "envoy.extensions.filters.http.rbac.v3.RBAC"
+RBAC_PER_ROUTE_TYPE = _T + "envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+RBAC_FILTER = "envoy.filters.http.rbac"
 ROUTER_TYPE = _T + "envoy.extensions.filters.http.router.v3.Router"
 ORIGINAL_DST_TYPE = _T + "envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
 ALS_TYPE = _T + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
@@ -33,12 +42,14 @@ SOL_SOCKET, SO_MARK = 1, 36
 @dataclass(frozen=True, slots=True)
 class Resources:
     listeners: tuple[dict[str, Any], ...]
+    routes: tuple[dict[str, Any], ...]
     clusters: tuple[dict[str, Any], ...]
 
     def by_type(self) -> dict[str, list[dict[str, Any]]]:
         """In the shape Snapshot.build takes."""
         return {TypeURL.CLUSTER.value: list(self.clusters),
-                TypeURL.LISTENER.value: list(self.listeners)}
+                TypeURL.LISTENER.value: list(self.listeners),
+                TypeURL.ROUTE.value: list(self.routes)}
 
 
 def translate(inp: TranslateInput) -> Resources:
@@ -46,20 +57,32 @@ def translate(inp: TranslateInput) -> Resources:
     opts = inp.options
     by_proxy: dict[int, dict[tuple[str, Direction, int], list[PortPolicy]]] = defaultdict(
         lambda: defaultdict(list))
+    owner: dict[tuple[str, Direction, int], int] = {}
     for i, pp in enumerate(inp.ports):
         _check_port_policy(pp, f"ports[{i}]")
         key = (str(ipaddress.ip_address(pp.endpoint_ip)), pp.direction, pp.port)
+        if owner.setdefault(key, pp.proxy_port) != pp.proxy_port:
+            raise ValidationError(
+                f"{key[1].value} {key[0]}:{key[2]} is redirected to two proxy ports "
+                f"({owner[key]} and {pp.proxy_port})", path=f"ports[{i}].proxy_port")
         by_proxy[pp.proxy_port][key].append(pp)
     upstream = STATIC_UPSTREAM_CLUSTER if opts.static_upstream else ORIGINAL_DST_CLUSTER
-    listeners = []
+    listeners, routes = [], []
     for proxy_port in sorted(by_proxy):
-        chains = [
-            _filter_chain(ip, direction, port, [r for pp in pps for r in pp.rules],
-                          pps[0].endpoint, inp.ipcache, opts, upstream)
-            for (ip, direction, port), pps in sorted(by_proxy[proxy_port].items(),
-                                                      key=lambda kv: _chain_sort_key(kv[0]))]
+        chains = []
+        for (ip, direction, port), pps in sorted(by_proxy[proxy_port].items(),
+                                                  key=lambda kv: _chain_sort_key(kv[0])):
+            name = chain_name(direction, ip, port)
+            chains.append(_filter_chain(name, ip, direction, port, pps[0].endpoint, opts))
+            routes.append(_route_config(name, direction, [r for pp in pps for r in pp.rules],
+                                        inp.ipcache, upstream))
         listeners.append(_listener(proxy_port, chains, opts))
-    return Resources(tuple(listeners), (_upstream_cluster(opts),))
+    return Resources(tuple(listeners), tuple(routes), (_upstream_cluster(opts),))
+
+
+def chain_name(direction: Direction, ip: str, port: int) -> str:
+    """Name of the filter chain and of its RouteConfiguration (and the access log's log_name)."""
+    return f"{direction.value}:{ip}:{port}"
 
 
 def listener_name(proxy_port: int) -> str:
@@ -115,10 +138,8 @@ def _host_prefix(ip: str) -> dict[str, Any]:
     return {"address_prefix": str(addr), "prefix_len": addr.max_prefixlen}
 
 
-def _filter_chain(ip: str, direction: Direction, port: int, rules: list[PeerRule], endpoint: str,
-                  ipcache: Mapping[int, Iterable[str]], opts: ProxyOptions,
-                  upstream: str) -> dict[str, Any]:
-    name = f"{direction.value}:{ip}:{port}"
+def _filter_chain(name: str, ip: str, direction: Direction, port: int, endpoint: str,
+                  opts: ProxyOptions) -> dict[str, Any]:
     if direction is Direction.INGRESS:
         # Redirected at the destination: the flow is addressed to the endpoint.
         match = {"destination_port": port, "prefix_ranges": [_host_prefix(ip)]}
@@ -134,19 +155,11 @@ def _filter_chain(ip: str, direction: Direction, port: int, rules: list[PeerRule
         "merge_slashes": True,
         "path_with_escaped_slashes_action": opts.escaped_slashes.value,
         "strip_any_host_port": True,                # host rules match "svc", not "svc:80"
-        "route_config": {
-            "name": name,
-            "virtual_hosts": [{
-                "name": name, "domains": ["*"],
-                "routes": [{"match": {"prefix": "/"},
-                            # No route timeout: gRPC streams and long polls live as long as they need.
-                            "route": {"cluster": upstream, "timeout": "0s"}}],
-            }],
-        },
+        "rds": {"route_config_name": name,
+                "config_source": {"ads": {}, "resource_api_version": "V3"}},
         "http_filters": [
-            {"name": "envoy.filters.http.rbac",
-             "typed_config": {"@type": RBAC_TYPE,
-                              "rules": rbac_rules(direction, rules, ipcache, name)}},
+            # Deny-all default; the route's RBACPerRoute replaces it with the policy's rules.
+            {"name": RBAC_FILTER, "typed_config": {"@type": RBAC_TYPE, "rules": {"action": "ALLOW"}}},
             {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
         ],
         # RBAC denies with a local 403; give it Cilium's body. Local replies only: a backend's
@@ -163,6 +176,22 @@ def _filter_chain(ip: str, direction: Direction, port: int, rules: list[PeerRule
     return {"name": name, "filter_chain_match": match,
             "filters": [{"name": "envoy.filters.network.http_connection_manager",
                          "typed_config": hcm}]}
+
+
+def _route_config(name: str, direction: Direction, rules: list[PeerRule],
+                  ipcache: Mapping[int, Iterable[str]], upstream: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "virtual_hosts": [{
+            "name": name, "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"},
+                        # No route timeout: gRPC streams and long polls live as long as they need.
+                        "route": {"cluster": upstream, "timeout": "0s"}}],
+            "typed_per_filter_config": {RBAC_FILTER: {
+                "@type": RBAC_PER_ROUTE_TYPE,
+                "rbac": {"rules": rbac_rules(direction, rules, ipcache)}}},
+        }],
+    }
 
 
 def _access_log(opts: ProxyOptions, name: str, direction: Direction, ip: str, port: int,
@@ -194,7 +223,7 @@ def _access_log(opts: ProxyOptions, name: str, direction: Direction, ip: str, po
 
 
 def rbac_rules(direction: Direction, rules: Iterable[PeerRule],
-               ipcache: Mapping[int, Iterable[str]], name: str = "") -> dict[str, Any]:
+               ipcache: Mapping[int, Iterable[str]]) -> dict[str, Any]:
     """The RBAC `rules` (action ALLOW): one policy per peer rule. No policy → everything denied."""
     policies: dict[str, Any] = {}
     for i, peer in enumerate(rules):
