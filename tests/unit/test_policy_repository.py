@@ -242,3 +242,42 @@ def test_incremental_updates_match_a_full_recompute(seed: int) -> None:
         extra = {k: v for k, v in g[2].items() if w[2].get(k) != v}
         assert not missing and not extra, (key, missing, extra)
         assert g[3] == w[3], key
+
+
+def test_http_and_kafka_on_one_port_from_two_policies_is_a_reported_conflict() -> None:
+    repo = PolicyRepository()
+    repo.upsert_endpoint(ep("k", 300, {"app": "k"}))
+    repo.upsert_endpoint(ep("c", 301, {"app": "c"}))
+    port = {"port": "9092", "protocol": "TCP"}
+    repo.upsert_policy(cnp("a-http", {"endpointSelector": {"matchLabels": {"app": "k"}}, "ingress": [
+        {"toPorts": [{"ports": [port], "rules": {"http": [{"method": "GET"}]}}]}]}))
+    repo.upsert_policy(cnp("b-kafka", {"endpointSelector": {"matchLabels": {"app": "k"}}, "ingress": [
+        {"fromEndpoints": [{"matchLabels": {"app": "c"}}],
+         "toPorts": [{"ports": [port], "rules": {"kafka": [{"role": "produce"}]}}]}]}))
+    pol = repo.endpoint_policy("default", "k")
+    assert pol.l7[(Direction.INGRESS, 6, 9092, 9092)].parser == "http"
+    assert len(pol.conflicts) == 1 and "b-kafka" in pol.conflicts[0]
+    assert all(e.kafka is None for e in pol.l7[(Direction.INGRESS, 6, 9092, 9092)].entries)
+
+
+def test_endpoint_policy_is_a_snapshot() -> None:
+    repo = PolicyRepository()
+    repo.upsert_endpoint(ep("s", 300, {"app": "s"}))
+    repo.upsert_policy(cnp("p", {"endpointSelector": {}, "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "c"}}]}]}))
+    before = repo.endpoint_policy("default", "s")
+    keys = dict(before.map_state)
+    repo.upsert_identity(301, security_labels({"app": "c"}, "default"))
+    after = repo.endpoint_policy("default", "s")
+    assert dict(before.map_state) == keys and len(after.map_state) == len(keys) + 1
+    assert after.revision > before.revision
+
+
+def test_endpoint_label_change_moves_it_between_policies() -> None:
+    repo = PolicyRepository()
+    repo.upsert_endpoint(ep("s", 300, {"app": "s"}))
+    repo.upsert_policy(cnp("p", {"endpointSelector": {"matchLabels": {"app": "locked"}}, "ingress": [{}]}))
+    assert not repo.endpoint_policy("default", "s").ingress_enforced
+    repo.upsert_endpoint(ep("s", 301, {"app": "locked"}))
+    pol = repo.endpoint_policy("default", "s")
+    assert pol.ingress_enforced and pol.map_state.get(PolicyKey(Direction.INGRESS, 0, 0, 0, 0)) is None
+    assert repo.identity_labels(300) is None  # the endpoint's old identity went with it
