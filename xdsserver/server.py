@@ -353,9 +353,12 @@ class _Stream:
                 waits: set[asyncio.Future] = {asyncio.ensure_future(queue.get())}
                 if self.node_id:
                     waits.add(asyncio.ensure_future(self.srv.cache.changed_event(self.node_id).wait()))
-                done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                for fut in pending:
-                    fut.cancel()
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for fut in waits:   # also when the stream itself is cancelled
+                        if not fut.done():
+                            fut.cancel()
                 # A queue.get() can complete in the same instant as the snapshot change; never
                 # drop a request it already took.
                 for fut in waits:

@@ -172,3 +172,41 @@ async def test_egress_rules_match_the_source_endpoint_and_the_destination_identi
             assert (await curl(url)).status == 403
             recs = await h.wait_records(lambda rs: len(rs) >= 3)
             assert all(r.tags["ostium.direction"] == "egress" for r in recs)
+
+
+async def test_policy_change_applies_live_on_established_connections(tmp_path):
+    """Rules live in RDS: a change reaches Envoy without touching the listener, so an open
+    keep-alive connection survives it and its next request is judged by the new rules."""
+    import asyncio
+
+    async def request(reader, writer, method, path) -> int:
+        writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length"))
+        await reader.readexactly(length)
+        return int(head.split(b" ")[1])
+
+    port = free_port()
+    with http_backend() as backend:
+        async with envoy_harness(tmp_path) as h:
+            bport = backend.server_address[1]
+            first = policy(port, bport, (HTTPRule(method="GET", path="/a"),))
+            h.cache.set_snapshot(h.node_id, first)
+            await h.server.wait_applied(h.node_id, first)
+            await wait_port_open(port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                assert await request(reader, writer, "GET", "/a") == 200
+                assert await request(reader, writer, "GET", "/b") == 403
+                second = policy(port, bport, (HTTPRule(method="GET", path="/b"),))
+                h.cache.set_snapshot(h.node_id, second)
+                assert await h.server.wait_applied(h.node_id, second) == []
+                # Same TCP connection, new rules.
+                assert await request(reader, writer, "GET", "/b") == 200
+                assert await request(reader, writer, "GET", "/a") == 403
+            finally:
+                writer.close()
+            _, stats = await h.envoy.admin_get("/stats?filter=listener_manager.listener_modified")
+            assert stats.strip().endswith(": 0"), stats
