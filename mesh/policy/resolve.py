@@ -167,7 +167,8 @@ class _Group:
     """Endpoints that share an identity and named ports share one computed policy."""
 
     __slots__ = ("identity", "named_ports", "endpoints", "filters", "enforce_in", "enforce_eg", "selected_by",
-                 "map_state", "l7", "conflicts", "peers", "egress_names", "deny_any", "built")
+                 "map_state", "l7", "conflicts", "peers", "egress_names", "deny_any", "built", "contribs",
+                 "l7_peers")
 
     def __init__(self, identity: int, named_ports: tuple) -> None:
         self.identity = identity
@@ -184,6 +185,10 @@ class _Group:
         self.egress_names: set[str] = set()
         self.deny_any: list[PolicyKey] = []
         self.built = False
+        # Flattened (filter key, peer, refs, deny, parser) for the peers that are selectors: what an
+        # identity patch walks. l7_peers: selectors of filters with L7 rules.
+        self.contribs: list[tuple] = []
+        self.l7_peers: set[Selector] = set()
 
 
 def _covers(d: PolicyKey, k: PolicyKey) -> bool:
@@ -630,6 +635,11 @@ class PolicyRepository:
             self._groups_by_egress_name.setdefault(name, set()).add(gk)
         g.map_state = self._expand(g, filters)
         g.l7 = self._l7_policies(filters)
+        g.contribs = [(fk, peer, tuple(refs), is_deny, f.parser)
+                      for fk, f in filters.items()
+                      for is_deny, src in ((True, f.deny), (False, f.allow))
+                      for peer, refs in src.items() if peer != ALL]
+        g.l7_peers = {p for f in filters.values() if f.parser for p in f.allow if p != ALL}
         g.built = True
 
     def _settle_l7(self, filters: dict[FilterKey, _Filter]) -> list[str]:
@@ -739,24 +749,27 @@ class PolicyRepository:
         """Recompute only the keys of `identity` after its selections changed."""
         if not g.built:  # never built: it is in the dirty set and will be built whole
             return
-        new = MapState(g.map_state)
-        for (d, p, lo, hi) in g.filters:  # an identity's keys only ever come from the filters
-            new.pop(PolicyKey(d, identity, p, lo, hi), None)
         ids_of = self._sc.ids
         allow: dict[PolicyKey, tuple] = {}
         deny: dict[PolicyKey, tuple] = {}
         meta: dict[PolicyKey, str | None] = {}
-        for (d, proto, lo, hi), f in g.filters.items():
-            for src, acc in ((f.deny, deny), (f.allow, allow)):
-                for peer, refs in src.items():
-                    if peer == ALL or identity not in ids_of(peer):
-                        continue
-                    k = PolicyKey(d, identity, proto, lo, hi)
-                    prev = acc.get(k)
-                    rt = tuple(refs)
-                    acc[k] = rt if prev is None else tuple(dict.fromkeys(prev + rt))
-                    if acc is allow:
-                        meta[k] = f.parser
+        for fk, peer, refs, is_deny, parser in g.contribs:
+            if identity not in ids_of(peer):
+                continue
+            k = PolicyKey(fk[0], identity, fk[1], fk[2], fk[3])
+            acc = deny if is_deny else allow
+            prev = acc.get(k)
+            acc[k] = refs if prev is None else tuple(dict.fromkeys(prev + refs))
+            if not is_deny:
+                meta[k] = parser
+        old = g.map_state
+        stale = [k for k in (PolicyKey(d, identity, p, lo, hi) for (d, p, lo, hi) in g.filters) if k in old]
+        if not stale and not allow and not deny:
+            return
+        new = MapState.__new__(MapState)
+        dict.__init__(new, old)
+        for k in stale:
+            del new[k]
         for k, refs in deny.items():
             new[k] = self._entry(Verdict.DENY, None, refs)
         covering = g.deny_any + list(deny)
@@ -765,7 +778,9 @@ class PolicyRepository:
                 continue
             parser = meta.get(k)
             new[k] = self._entry(Verdict.REDIRECT if parser else Verdict.ALLOW, parser, refs)
-        new.ranges = [k for k in new if k.port_lo != k.port_hi]
+        stale_set = set(stale)
+        added = [k for k in dict.fromkeys([*deny, *allow]) if k in new and k.port_lo != k.port_hi]
+        new.ranges = [k for k in old.ranges if k not in stale_set] + added
         g.map_state = new
-        if any(f.parser for f in g.filters.values()):
+        if g.l7_peers and not g.l7_peers.isdisjoint(changed):
             g.l7 = self._l7_policies(g.filters)

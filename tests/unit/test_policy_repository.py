@@ -281,3 +281,19 @@ def test_endpoint_label_change_moves_it_between_policies() -> None:
     pol = repo.endpoint_policy("default", "s")
     assert pol.ingress_enforced and pol.map_state.get(PolicyKey(Direction.INGRESS, 0, 0, 0, 0)) is None
     assert repo.identity_labels(300) is None  # the endpoint's old identity went with it
+
+
+def test_range_keys_stay_findable_after_identity_patches() -> None:
+    repo = PolicyRepository()
+    repo.upsert_endpoint(ep("s", 300, {"app": "s"}))
+    repo.upsert_policy(cnp("p", {"endpointSelector": {"matchLabels": {"app": "s"}}, "ingress": [
+        {"fromEndpoints": [{"matchLabels": {"app": "c"}}],
+         "toPorts": [{"ports": [{"port": "7000", "endPort": 7100, "protocol": "TCP"}]}]}]}))
+    repo.resolve_all()
+    for ident in (301, 302):
+        repo.upsert_identity(ident, security_labels({"app": "c"}, "default"))
+    repo.delete_identity(301)
+    pol = repo.endpoint_policy("default", "s")
+    assert sorted(k.identity for k in pol.map_state.ranges) == [302]
+    assert repo.lookup(("default", "s"), Direction.INGRESS, 302, 6, 7050).verdict == Verdict.ALLOW
+    assert repo.lookup(("default", "s"), Direction.INGRESS, 301, 6, 7050) is None
