@@ -46,6 +46,15 @@ class _BpfMapInfo(ctypes.Structure):
                 ("_rest", ctypes.c_uint8 * 128)]
 
 
+class _TestRunOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("data_in", ctypes.c_void_p), ("data_out", ctypes.c_void_p),
+                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
+                ("ctx_in", ctypes.c_void_p), ("ctx_out", ctypes.c_void_p),
+                ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
+                ("retval", ctypes.c_uint32), ("repeat", ctypes.c_int), ("duration", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("batch_size", ctypes.c_uint32)]
+
+
 class LibBPF:
     """One loaded libbpf with typed signatures and a log buffer. Pass it around; no global state."""
 
@@ -97,6 +106,7 @@ class LibBPF:
             "bpf_map_update_batch": (ci, [ci, vp, vp, ctypes.POINTER(u32), vp]),
             "bpf_map_delete_batch": (ci, [ci, vp, ctypes.POINTER(u32), vp]),
             "libbpf_num_possible_cpus": (ci, []),
+            "bpf_prog_test_run_opts": (ci, [ci, vp]),
             "ring_buffer__new": (vp, [ci, _ringbuf_cb_type, vp, vp]),
             "ring_buffer__poll": (ci, [vp, ci]),
             "ring_buffer__consume": (ci, [vp]),
@@ -367,6 +377,24 @@ def link_update(bpf: LibBPF, link_fd: int, prog_fd: int) -> None:
 
 def link_detach(bpf: LibBPF, link_fd: int) -> None:
     bpf.lib.bpf_link_detach(link_fd)
+
+
+def prog_test_run(bpf: LibBPF, prog_fd: int, packet: bytes, ctx: bytes = b"", repeat: int = 1
+                  ) -> tuple[int, int]:
+    """BPF_PROG_TEST_RUN: run a program on `packet` `repeat` times in the kernel; returns
+    (program return value, average ns per run)."""
+    out = ctypes.create_string_buffer(len(packet) + 256)
+    ctx_buf = ctypes.create_string_buffer(ctx, len(ctx)) if ctx else None
+    opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.cast(ctypes.c_char_p(packet), ctypes.c_void_p),
+                        data_out=ctypes.cast(out, ctypes.c_void_p), data_size_in=len(packet),
+                        data_size_out=len(out), repeat=repeat)
+    if ctx_buf is not None:
+        opts.ctx_in = ctypes.cast(ctx_buf, ctypes.c_void_p)
+        opts.ctx_size_in = len(ctx)
+    rc = bpf.lib.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))
+    if rc < 0:
+        raise bpf.error("BPF_PROG_TEST_RUN failed", rc)
+    return ctypes.c_int32(opts.retval).value, opts.duration
 
 
 # ---- ring buffer -----------------------------------------------------------------------------
