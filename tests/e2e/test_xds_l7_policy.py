@@ -210,3 +210,25 @@ async def test_policy_change_applies_live_on_established_connections(tmp_path):
                 writer.close()
             _, stats = await h.envoy.admin_get("/stats?filter=listener_manager.listener_modified")
             assert stats.strip().endswith(": 0"), stats
+
+
+async def test_cidr_identity_does_not_cover_addresses_of_other_identities(tmp_path):
+    """ipcache longest-prefix match in RBAC: allowing the CIDR identity of 127.0.0.0/8 does not
+    allow 127.0.0.2, which belongs to another identity (an endpoint inside the CIDR)."""
+    port = free_port()
+    with http_backend() as backend:
+        async with envoy_harness(tmp_path) as h:
+            inp = TranslateInput(
+                ports=(PortPolicy("127.0.0.1", Direction.INGRESS, port, port,
+                                  (PeerRule(frozenset({16777217}), ()),)),),
+                ipcache={16777217: ("127.0.0.0/8",), 1001: ("127.0.0.2",)},
+                options=ProxyOptions(transparent=False,
+                                     static_upstream=("127.0.0.1", backend.server_address[1])))
+            snap = Snapshot.build(translate(inp).by_type())
+            h.cache.set_snapshot(h.node_id, snap)
+            assert await h.server.wait_applied(h.node_id, snap) == []
+            await wait_port_open(port)
+            url = f"http://127.0.0.1:{port}/"
+            assert (await curl(url, "--interface", "127.0.0.1")).status == 200
+            assert (await curl(url, "--interface", "127.0.0.3")).status == 200
+            assert (await curl(url, "--interface", "127.0.0.2")).status == 403

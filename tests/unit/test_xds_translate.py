@@ -11,7 +11,8 @@ from xdsserver.translate import (ORIGINAL_DST_CLUSTER, Direction, EscapedSlashes
                                  listener_name, translate, validate_http_rule)
 
 IN, OUT = Direction.INGRESS, Direction.EGRESS
-IPCACHE = {1000: ("10.0.1.5",), 1001: ("10.0.2.0/24", "fd00::7"), 1002: ()}
+IPCACHE = {1000: ("10.0.1.5",), 1001: ("10.0.2.0/24", "fd00::7"), 1002: (),
+           1003: ("10.0.2.9", "10.0.2.10")}
 
 
 def only_chain(res, i=0):
@@ -43,10 +44,12 @@ GET_PUBLIC = HTTPRule(method="GET", path="/public/.*")
 # (test id, port policy, expected RBAC policies)
 RBAC_TABLE = [
     ("ingress identities become direct_remote_ip principals",
-     PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(frozenset({1000, 1001}), (GET_PUBLIC,)),)),
+     PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(frozenset({1000, 1001, 1003}), (GET_PUBLIC,)),)),
      {"rule-0": {
          "principals": [{"direct_remote_ip": {"address_prefix": "10.0.1.5", "prefix_len": 32}},
                         {"direct_remote_ip": {"address_prefix": "10.0.2.0", "prefix_len": 24}},
+                        {"direct_remote_ip": {"address_prefix": "10.0.2.9", "prefix_len": 32}},
+                        {"direct_remote_ip": {"address_prefix": "10.0.2.10", "prefix_len": 32}},
                         {"direct_remote_ip": {"address_prefix": "fd00::7", "prefix_len": 128}}],
          "permissions": [{"and_rules": {"rules": [
              {"header": {"name": ":method", "string_match": {"safe_regex": {"regex": "GET"}}}},
@@ -62,6 +65,34 @@ RBAC_TABLE = [
     ("identity without addresses allows nobody",
      PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(frozenset({1002, 9999}), (GET_PUBLIC,)),)),
      {}),
+    ("longest prefix match: a CIDR identity excludes other identities' addresses inside it",
+     PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(frozenset({1001}), ()),)),
+     {"rule-0": {"permissions": [{"any": True}], "principals": [
+         {"and_ids": {"ids": [
+             {"direct_remote_ip": {"address_prefix": "10.0.2.0", "prefix_len": 24}},
+             {"not_id": {"or_ids": {"ids": [
+                 {"direct_remote_ip": {"address_prefix": "10.0.2.9", "prefix_len": 32}},
+                 {"direct_remote_ip": {"address_prefix": "10.0.2.10", "prefix_len": 32}}]}}}]}},
+         {"direct_remote_ip": {"address_prefix": "fd00::7", "prefix_len": 128}}]}}),
+    ("world: every address except the known ones",
+     PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(frozenset({2, 1000}), ()),)),
+     {"rule-0": {"permissions": [{"any": True}], "principals": [
+         {"and_ids": {"ids": [
+             {"direct_remote_ip": {"address_prefix": "0.0.0.0", "prefix_len": 0}},
+             {"not_id": {"direct_remote_ip": {"address_prefix": "10.0.2.0", "prefix_len": 24}}}]}},
+         {"direct_remote_ip": {"address_prefix": "10.0.1.5", "prefix_len": 32}},
+         {"and_ids": {"ids": [
+             {"direct_remote_ip": {"address_prefix": "::", "prefix_len": 0}},
+             {"not_id": {"direct_remote_ip": {"address_prefix": "fd00::7", "prefix_len": 128}}}]}}]}}),
+    ("egress to a CIDR identity: destination_ip minus the others inside it",
+     PortPolicy("10.0.0.9", OUT, 443, 15002, (PeerRule(frozenset({1001, 1003}), ()),)),
+     {"rule-0": {"principals": [{"any": True}], "permissions": [{"and_rules": {"rules": [
+         {"or_rules": {"rules": [
+             {"destination_ip": {"address_prefix": "10.0.2.0", "prefix_len": 24}},
+             {"destination_ip": {"address_prefix": "10.0.2.9", "prefix_len": 32}},
+             {"destination_ip": {"address_prefix": "10.0.2.10", "prefix_len": 32}},
+             {"destination_ip": {"address_prefix": "fd00::7", "prefix_len": 128}}]}},
+         {"any": True}]}}]}}),
     ("headers: presence and exact, names lower-cased; host on :authority",
      PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(None, (HTTPRule(
          host=r"api\.example", headers=(HeaderMatch("X-Trace"), HeaderMatch("X-Env", "prod"))),)),)),
@@ -72,7 +103,7 @@ RBAC_TABLE = [
     ("egress: remote identities are destination_ip in every permission",
      PortPolicy("10.0.0.9", OUT, 443, 15002, (PeerRule(frozenset({1000}), (HTTPRule(method="GET"),)),)),
      {"rule-0": {"principals": [{"any": True}], "permissions": [{"and_rules": {"rules": [
-         {"or_rules": {"rules": [{"destination_ip": {"address_prefix": "10.0.1.5", "prefix_len": 32}}]}},
+         {"destination_ip": {"address_prefix": "10.0.1.5", "prefix_len": 32}},
          {"and_rules": {"rules": [
              {"header": {"name": ":method", "string_match": {"safe_regex": {"regex": "GET"}}}}]}}]}}]}}),
     ("several peer rules: one policy each (OR)",
@@ -179,7 +210,9 @@ def test_output_is_deterministic_whatever_the_input_order():
 
 
 def test_every_output_is_a_valid_envoy_resource():
-    res = run(*(c[1] for c in RBAC_TABLE[:1] + RBAC_TABLE[5:6]))
+    ingress = [c[1] for c in RBAC_TABLE if c[1].direction is IN][:1]
+    egress = [c[1] for c in RBAC_TABLE if c[1].direction is OUT][:1]
+    res = run(*ingress, *egress)
     snap = Snapshot.build(res.by_type())
     assert len(snap.resources("type.googleapis.com/envoy.config.listener.v3.Listener")) == 2
     assert len(snap.resources("type.googleapis.com/envoy.config.route.v3.RouteConfiguration")) == 2

@@ -128,11 +128,6 @@ def _listener(proxy_port: int, chains: list[dict[str, Any]], opts: ProxyOptions)
     }
 
 
-def _prefix(cidr: str) -> dict[str, Any]:
-    net = ipaddress.ip_network(cidr, strict=False)
-    return {"address_prefix": str(net.network_address), "prefix_len": net.prefixlen}
-
-
 def _host_prefix(ip: str) -> dict[str, Any]:
     addr = ipaddress.ip_address(ip)
     return {"address_prefix": str(addr), "prefix_len": addr.max_prefixlen}
@@ -222,36 +217,88 @@ def _access_log(opts: ProxyOptions, name: str, direction: Direction, ip: str, po
 # ---- RBAC ------------------------------------------------------------------------------------
 
 
+WORLD = 2  # reserved identity: every address no ipcache prefix claims (mesh.identity.labels)
+_Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 def rbac_rules(direction: Direction, rules: Iterable[PeerRule],
                ipcache: Mapping[int, Iterable[str]]) -> dict[str, Any]:
     """The RBAC `rules` (action ALLOW): one policy per peer rule. No policy → everything denied."""
     policies: dict[str, Any] = {}
+    index = _IPCacheIndex(ipcache)
     for i, peer in enumerate(rules):
-        prefixes = _peer_prefixes(peer, ipcache)
-        if prefixes == []:
-            continue  # identities with no known address: they allow nobody (yet)
         perms = [_http_permission(r) for r in peer.http] or [{"any": True}]
+        if peer.identities is None:
+            policies[f"rule-{i}"] = {"permissions": perms, "principals": [{"any": True}]}
+            continue
+        ranges = index.ranges(peer.identities)
+        if not ranges:
+            continue  # identities with no known address: they allow nobody (yet)
         if direction is Direction.INGRESS:
-            principals = ([{"any": True}] if prefixes is None else
-                          # direct_remote_ip: the connection's peer, never an X-Forwarded-For value.
-                          [{"direct_remote_ip": p} for p in prefixes])
+            # direct_remote_ip: the connection's peer, never an X-Forwarded-For value.
+            principals = [_range_matcher(net, excl, "direct_remote_ip", "and_ids", "not_id",
+                                         "or_ids", "ids") for net, excl in ranges]
         else:
             # Egress: the remote side is the (original) destination = the socket's local address.
+            dest = [_range_matcher(net, excl, "destination_ip", "and_rules", "not_rule",
+                                   "or_rules", "rules") for net, excl in ranges]
+            dest_any = dest[0] if len(dest) == 1 else {"or_rules": {"rules": dest}}
+            perms = [{"and_rules": {"rules": [dest_any, p]}} for p in perms]
             principals = [{"any": True}]
-            if prefixes is not None:
-                dest = {"or_rules": {"rules": [{"destination_ip": p} for p in prefixes]}}
-                perms = [{"and_rules": {"rules": [dest, p]}} for p in perms]
         policies[f"rule-{i}"] = {"permissions": perms, "principals": principals}
     return {"action": "ALLOW", "policies": policies}
 
 
-def _peer_prefixes(peer: PeerRule, ipcache: Mapping[int, Iterable[str]]) -> list[dict] | None:
-    if peer.identities is None:
-        return None
-    cidrs = sorted({str(ipaddress.ip_network(c, strict=False))
-                    for ident in peer.identities for c in ipcache.get(ident, ())},
-                   key=lambda c: (ipaddress.ip_network(c).version, ipaddress.ip_network(c)))
-    return [_prefix(c) for c in cidrs]
+class _IPCacheIndex:
+    """Identity → prefixes, with the ipcache's longest-prefix-match meaning made explicit.
+
+    An address belongs to the identity of the longest prefix containing it. So "identity A's
+    prefix 10.0.0.0/8" as an RBAC range must exclude the more specific prefixes inside it that
+    belong to other identities (an endpoint 10.0.1.5/32 is not A). World (2) is every address
+    minus all known prefixes.
+    """
+
+    def __init__(self, ipcache: Mapping[int, Iterable[str]]) -> None:
+        self.by_identity: dict[int, list[_Net]] = {}
+        self.owner: dict[_Net, int] = {}
+        for ident in sorted(ipcache):
+            for c in ipcache[ident]:
+                net = ipaddress.ip_network(c, strict=False)
+                self.by_identity.setdefault(ident, []).append(net)
+                self.owner.setdefault(net, ident)
+
+    def ranges(self, identities: frozenset[int]) -> list[tuple[_Net, list[_Net]]]:
+        nets = {n for i in identities for n in self.by_identity.get(i, ())}
+        if WORLD in identities:
+            nets |= {ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")}
+        out = []
+        for net in sorted(nets, key=_net_key):
+            excl = [o for o, ident in self.owner.items()
+                    if ident not in identities and o.version == net.version
+                    and o.prefixlen > net.prefixlen and o.subnet_of(net)]  # type: ignore[arg-type]
+            # Keep only the outermost exclusions: one inside another adds nothing.
+            excl = [o for o in excl if not any(p != o and o.subnet_of(p) for p in excl)]  # type: ignore[arg-type]
+            out.append((net, sorted(excl, key=_net_key)))
+        return out
+
+
+def _net_key(net: _Net) -> tuple:
+    return (net.version, net.network_address, net.prefixlen)
+
+
+def _range_matcher(net: _Net, excl: list[_Net], leaf: str, and_: str, not_: str, or_: str,
+                   items: str) -> dict[str, Any]:
+    """`net` minus `excl` as an RBAC principal (ids) or permission (rules) tree."""
+    inside = {leaf: _net_prefix(net)}
+    if not excl:
+        return inside
+    others = [{leaf: _net_prefix(o)} for o in excl]
+    outside = others[0] if len(others) == 1 else {or_: {items: others}}
+    return {and_: {items: [inside, {not_: outside}]}}
+
+
+def _net_prefix(net: _Net) -> dict[str, Any]:
+    return {"address_prefix": str(net.network_address), "prefix_len": net.prefixlen}
 
 
 def _regex(value: str) -> dict[str, Any]:
