@@ -100,10 +100,10 @@ def _check_port_policy(pp: PortPolicy, path: str) -> None:
     except ValueError:
         raise ValidationError(f"{pp.endpoint_ip!r} is not an IP address",
                               path=f"{path}.endpoint_ip") from None
-    for field_name in ("port", "proxy_port"):
-        value = getattr(pp, field_name)
-        if not 1 <= value <= 65535:
-            raise ValidationError(f"{value} is not a port (1-65535)", path=f"{path}.{field_name}")
+    if not 0 <= pp.port <= 65535:
+        raise ValidationError(f"{pp.port} is not a port (1-65535, 0 = any)", path=f"{path}.port")
+    if not 1 <= pp.proxy_port <= 65535:
+        raise ValidationError(f"{pp.proxy_port} is not a port (1-65535)", path=f"{path}.proxy_port")
     if pp.protocol.upper() != "TCP":
         raise ValidationError(f"HTTP rules need TCP, not {pp.protocol}", path=f"{path}.protocol")
 
@@ -137,10 +137,12 @@ def _filter_chain(name: str, ip: str, direction: Direction, port: int, endpoint:
                   opts: ProxyOptions) -> dict[str, Any]:
     if direction is Direction.INGRESS:
         # Redirected at the destination: the flow is addressed to the endpoint.
-        match = {"destination_port": port, "prefix_ranges": [_host_prefix(ip)]}
+        match: dict[str, Any] = {"prefix_ranges": [_host_prefix(ip)]}
     else:
         # Redirected at the source: the flow comes from the endpoint to any peer on `port`.
-        match = {"destination_port": port, "source_prefix_ranges": [_host_prefix(ip)]}
+        match = {"source_prefix_ranges": [_host_prefix(ip)]}
+    if port:  # 0: L7 rules on every port of the endpoint
+        match["destination_port"] = port
     hcm = {
         "@type": HCM_TYPE,
         "stat_prefix": f"ostium_{direction.value}_{port}",

@@ -65,7 +65,7 @@ class PortPolicy:
 
     endpoint_ip: str
     direction: Direction
-    port: int
+    port: int                               # 0: every port (the chain matches no port)
     proxy_port: int                         # Envoy listener port the datapath redirects to
     rules: tuple[PeerRule, ...]
     protocol: str = "TCP"
