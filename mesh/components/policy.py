@@ -25,11 +25,6 @@ log = logging.getLogger("ostium.policy")
 POLICY_KINDS = (KIND_CNP, KIND_CCNP, KIND_KNP, KIND_OSTIUM_CCNP)
 
 
-def policy_to_api(item_kind: str, namespace: str, name: str, body: dict) -> dict[str, Any]:
-    return {"kind": item_kind, "namespace": namespace, "name": name,
-            "apiVersion": body.get("apiVersion", ""), "body": body}
-
-
 def endpoint_policy_to_api(pol: EndpointPolicy) -> dict[str, Any]:
     entries = []
     for key, entry in sorted(pol.map_state.items(), key=lambda kv: (kv[0].direction.name, kv[0].identity,
@@ -95,6 +90,10 @@ class PolicyComponent:
             target = self.repo.revision
             if not changed and not deleted:
                 return
+            from mesh.identity.ipcache import Source
+            # CIDR identities the policies need go into the ipcache (endpoint entries win on overlap).
+            self.agent.identity.ipcache.sync_source(
+                Source.CIDR_POLICY, {str(net): ident for net, ident in self.repo.cidr_identities().items()})
             for hook in self.regenerate_hooks:
                 await hook(changed, deleted)
             self.applied_revision = target
@@ -129,10 +128,12 @@ class PolicyComponent:
 
     async def h_list(self, request: web.Request) -> web.Response:
         out = []
-        for kind in POLICY_KINDS:
-            for ns, name, body in self.agent.store.list(kind):
-                out.append(policy_to_api(kind, ns, name, body))
-        return json_response(out)
+        for pol in sorted(self.repo.policies(), key=lambda p: p.key):
+            item = pol.summary()
+            item["revision"] = self.repo.revision
+            item["body"] = self.agent.store.get(pol.kind, pol.namespace, pol.name)
+            out.append(item)
+        return json_response({"policies": out})
 
     async def h_delete(self, request: web.Request) -> web.Response:
         kind, ns, name = (request.match_info[k] for k in ("kind", "namespace", "name"))
