@@ -1,0 +1,115 @@
+"""L7Proxy: the xDS server, the access-log receiver and the Envoy process, composed for the agent.
+
+    proxy = L7Proxy(ProxyConfig(state_dir=Path("/var/lib/ostium/envoy")), on_record=flows.add)
+    await proxy.start()                           # xDS + ALS on one gRPC server, then Envoy
+    nacked = await proxy.apply(port_policies, ipcache)   # translate → snapshot → ACK/NACK
+    proxy.status()                                # for `ostium status`
+    await proxy.stop()
+
+`apply` validates and translates before anything changes: bad input raises ValidationError and
+Envoy keeps its current config. Envoy missing or failing to start is an EnvoyError from `start()`
+(or, with require_envoy=False, the xDS server keeps running and `status()` shows the failure).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from xdsserver.als import AccessLogReceiver, L7Record
+from xdsserver.cache import Snapshot, SnapshotCache
+from xdsserver.envoy import ALS_CLUSTER, EnvoyConfig, EnvoyError, EnvoyProcess, XdsMode
+from xdsserver.server import ResourceStatus, XdsServer
+from xdsserver.translate import PortPolicy, ProxyOptions, TranslateInput, translate
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    state_dir: Path
+    node_id: str = "ostium"
+    xds_port: int = 0                       # 127.0.0.1:port (0 = pick) unless xds_unix_path
+    xds_unix_path: str | None = None
+    xds_mode: XdsMode = XdsMode.DELTA
+    ingress_proxy_port: int = 15001
+    egress_proxy_port: int = 15002
+    options: ProxyOptions = field(default_factory=ProxyOptions)
+    envoy_log_level: str = "warning"
+    envoy_binary: str | None = None
+    envoy_concurrency: int = 2
+
+    @property
+    def proxy_ports(self) -> dict[str, int]:
+        """For translate.port_policies_from_endpoint."""
+        return {"ingress": self.ingress_proxy_port, "egress": self.egress_proxy_port}
+
+
+class L7Proxy:
+    def __init__(self, config: ProxyConfig,
+                 on_record: Callable[[L7Record], object] | None = None) -> None:
+        self.config = config
+        self.cache = SnapshotCache()
+        self.server = XdsServer(self.cache)
+        self.als = AccessLogReceiver(on_record or (lambda _r: None))
+        self.envoy: EnvoyProcess | None = None
+        self.start_error = ""
+
+    async def start(self, require_envoy: bool = True) -> None:
+        cfg = self.config
+        target = await self.server.start(port=cfg.xds_port, unix_path=cfg.xds_unix_path,
+                                         servicers=[self.als])
+        # Envoy is not ready before its first LDS/CDS answer, and a SotW stream only answers
+        # once a snapshot exists: start from an empty one (no listeners: L7 flows fail closed).
+        if self.cache.get_snapshot(cfg.node_id) is None:
+            self.cache.set_snapshot(cfg.node_id, Snapshot.build({}))
+        self.envoy = EnvoyProcess(EnvoyConfig(
+            state_dir=cfg.state_dir, node_id=cfg.node_id, xds_target=target,
+            xds_mode=cfg.xds_mode, log_level=cfg.envoy_log_level, binary=cfg.envoy_binary,
+            concurrency=cfg.envoy_concurrency))
+        try:
+            await self.envoy.start()
+        except EnvoyError as exc:
+            self.start_error = str(exc)
+            if require_envoy:
+                await self.server.stop(0)
+                raise
+
+    async def stop(self) -> None:
+        try:
+            if self.envoy is not None:
+                await self.envoy.stop()
+        finally:
+            await self.server.stop(0)
+
+    def translate(self, ports: Iterable[PortPolicy],
+                  ipcache: Mapping[int, Iterable[str]]) -> Snapshot:
+        """Pure part of apply: validate + translate + build (raises ValidationError)."""
+        opts = self.config.options
+        if opts.als_cluster and opts.als_cluster != ALS_CLUSTER:
+            raise ValueError(f"ProxyOptions.als_cluster must be {ALS_CLUSTER!r} (the bootstrap's)")
+        inp = TranslateInput(ports=tuple(ports),
+                             ipcache={k: tuple(str(v) for v in vs) for k, vs in ipcache.items()},
+                             options=opts)
+        return Snapshot.build(translate(inp).by_type())
+
+    def set(self, snapshot: Snapshot) -> None:
+        self.cache.set_snapshot(self.config.node_id, snapshot)
+
+    async def apply(self, ports: Iterable[PortPolicy], ipcache: Mapping[int, Iterable[str]],
+                    timeout: float = 10.0) -> list[ResourceStatus]:
+        """Translate, push, and wait for Envoy's answer; returns what Envoy rejected."""
+        snap = self.translate(ports, ipcache)
+        self.set(snap)
+        if self.envoy is None or not self.server.connected_nodes():
+            return []  # nothing to wait for: Envoy gets it when it connects
+        return await self.server.wait_applied(self.config.node_id, snap, timeout)
+
+    def status(self) -> dict:
+        """JSON-ready: {"envoy": {...state...}, "xds": {...per-resource ACK/NACK...}}."""
+        envoy = self.envoy.state().to_dict() if self.envoy else {"state": "stopped"}
+        if self.start_error and envoy.get("state") != "running":
+            envoy["last_error"] = envoy.get("last_error") or self.start_error
+        xds = self.server.status()
+        xds["mode"] = self.config.xds_mode.value
+        return {"envoy": envoy, "xds": xds,
+                "access_log": {"received": self.als.received, "errors": self.als.errors}}
