@@ -10,8 +10,11 @@
 
 static __always_inline __u32 ipcache_identity(__be32 addr)
 {
+	struct ipcache_val *v = bpf_map_lookup_elem(&ost_ipcache_host, &addr);
+	if (v)
+		return v->identity;
 	struct ipcache_key key = { .prefixlen = 32, .address = addr };
-	struct ipcache_val *v = bpf_map_lookup_elem(&ost_ipcache, &key);
+	v = bpf_map_lookup_elem(&ost_ipcache, &key);
 	return v ? v->identity : ID_WORLD;
 }
 
@@ -115,7 +118,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	int redirect = 0;
 	if (enforced && !icmp_error) {
 		/* Checked for every packet of a flow, not only the first: a new deny cuts it. */
-		struct policy_entry *pe = policy_lookup((__u16)ep->ep_id, dir, remote_id, proto, policy_port);
+		struct policy_entry *pe = policy_lookup((__u16)ep->ep_id, dir, remote_id, proto, policy_port,
+							 ep->plens[dir & 1]);
 		if (!pe || pe->verdict == POLICY_DENY) {
 			ev.type = EV_DROP;
 			ev.reason = pe ? REASON_POLICY_DENY : REASON_POLICY_DEFAULT;

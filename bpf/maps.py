@@ -246,6 +246,21 @@ class IpcacheKey(Codec):
 
 
 @dataclass(frozen=True, slots=True)
+class IpKey(Codec):
+    """A bare IPv4 address key (ost_ipcache_host: the /32 entries)."""
+
+    FMT: ClassVar[str] = "<4s"
+    address: str
+
+    def pack(self) -> bytes:
+        return ip_bytes(self.address)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "IpKey":
+        return cls(ip_str(raw[:4]))
+
+
+@dataclass(frozen=True, slots=True)
 class IpcacheValue(Codec):
     FMT: ClassVar[str] = "<II"
     identity: int
@@ -278,29 +293,39 @@ EP_F_EGRESS_ENFORCED = 0x2
 
 @dataclass(frozen=True, slots=True)
 class EndpointInfo(Codec):
-    FMT: ClassVar[str] = "<II4sI"
+    FMT: ClassVar[str] = "<II4sIII"
     ep_id: int
     identity: int
     address: str
     flags: int = 0
+    plens_ingress: int = 0   # bit i: policy keys of prefix class i exist (see policy_class)
+    plens_egress: int = 0
 
     def pack(self) -> bytes:
-        return struct.pack(self.FMT, self.ep_id, self.identity, ip_bytes(self.address), self.flags)
+        return struct.pack(self.FMT, self.ep_id, self.identity, ip_bytes(self.address), self.flags,
+                           self.plens_ingress, self.plens_egress)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "EndpointInfo":
-        e, i, a, f = struct.unpack(cls.FMT, raw[: cls.size()])
-        return cls(e, i, ip_str(a), f)
+        e, i, a, f, pi, pe = struct.unpack(cls.FMT, raw[: cls.size()])
+        return cls(e, i, ip_str(a), f, pi, pe)
 
 
 POLICY_FIXED_PREFIX = 64  # ep_id, direction, pad, identity
 
 
+def policy_class(prefixlen: int) -> int:
+    """Prefix class index (bit in endpoint_info.plens) of a policy key's prefixlen (64..88)."""
+    plen = prefixlen - POLICY_FIXED_PREFIX
+    return 0 if plen == 0 else plen - 7
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyMapKey(Codec):
-    """prefixlen 64: any protocol; 72: one protocol, any port; 72+n: the first n bits of the port."""
+    """prefixlen 64: any protocol; 72: one protocol, any port; 72+n: the first n bits of the port.
+    Stored as (ep, direction, plen = prefixlen - 64, identity, proto, port masked), a hash key."""
 
-    FMT: ClassVar[str] = "<IHBBIBBBB"
+    FMT: ClassVar[str] = "<HBBIBB2s"
     ep_id: int
     direction: int
     identity: int
@@ -309,13 +334,13 @@ class PolicyMapKey(Codec):
     prefixlen: int
 
     def pack(self) -> bytes:
-        return struct.pack(self.FMT, self.prefixlen, self.ep_id, self.direction, 0, self.identity,
-                           self.proto, self.port >> 8, self.port & 0xFF, 0)
+        return struct.pack(self.FMT, self.ep_id, self.direction, self.prefixlen - POLICY_FIXED_PREFIX,
+                           self.identity, self.proto, 0, port_bytes(self.port))
 
     @classmethod
     def unpack(cls, raw: bytes) -> "PolicyMapKey":
-        pl, ep, d, _, ident, proto, hi, lo, _ = struct.unpack(cls.FMT, raw[: cls.size()])
-        return cls(ep, d, ident, proto, (hi << 8) | lo, pl)
+        ep, d, plen, ident, proto, _, port = struct.unpack(cls.FMT, raw[: cls.size()])
+        return cls(ep, d, ident, proto, port_int(port), plen + POLICY_FIXED_PREFIX)
 
     @property
     def port_range(self) -> tuple[int, int]:
@@ -500,6 +525,7 @@ LAYOUTS: dict[str, MapLayout] = {
     "ost_lb4_affinity": MapLayout(AffinityKey, AffinityValue),
     "ost_lb4_revnat": MapLayout(RevNatKey, RevNatValue),
     "ost_ipcache": MapLayout(IpcacheKey, IpcacheValue),
+    "ost_ipcache_host": MapLayout(IpKey, IpcacheValue),
     "ost_endpoints": MapLayout(IfindexKey, EndpointInfo),
     "ost_policy": MapLayout(PolicyMapKey, PolicyMapEntry),
     "ost_ct4": MapLayout(CtKey, CtEntry),

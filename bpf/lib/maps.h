@@ -116,6 +116,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ost_ipcache SEC(".maps");
 
+/* Exact /32 entries (every endpoint and node address) in a hash map: a lookup costs the same with
+ * 10 or 100,000 of them. The LPM trie above only holds CIDR entries (shorter prefixes). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __be32);
+	__type(value, struct ipcache_val);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ost_ipcache_host SEC(".maps");
+
 #define EP_F_INGRESS_ENFORCED 0x1
 #define EP_F_EGRESS_ENFORCED 0x2
 
@@ -125,6 +136,7 @@ struct endpoint_info {
 	__u32 identity;
 	__be32 address;
 	__u32 flags;       /* EP_F_* */
+	__u32 plens[2];    /* per direction: bit i set = policy keys with prefix class i exist */
 };
 
 struct {
@@ -135,20 +147,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ost_endpoints SEC(".maps");
 
-/* LPM over (endpoint, direction, identity | protocol | dport): the first 64 bits are always
- * fixed, then protocol (8 bits, prefix 64 = any protocol), then the port as a bit prefix
- * (prefix 72 = any port, 88 = one port). Port ranges are split into prefix blocks. */
+/* Policy: a hash map per prefix class ("tuple space search"). A key is (endpoint, direction,
+ * identity, prefix class, protocol, port masked to the class): class 0 = any protocol and port,
+ * class 1 = one protocol and any port, class 1+n = one protocol and the first n bits of the port
+ * (port ranges are split into such aligned blocks). The program probes only the classes the
+ * endpoint uses (endpoint_info.plens), longest first, so its cost does not grow with the number
+ * of rules. plen below is the variable prefix in bits: 0, 8, 8+n. */
 #define POLICY_FULL_PREFIX 64
+#define POLICY_CLASSES 18
 struct policy_key {
-	__u32 prefixlen;
 	__u16 ep_id;
 	__u8 direction;
-	__u8 pad;
+	__u8 plen;
 	__u32 identity;
 	__u8 proto;
-	__u8 dport_hi;     /* the port in network order, as two bytes so it follows proto directly */
-	__u8 dport_lo;
-	__u8 pad2;
+	__u8 pad;
+	__be16 dport;
 };
 
 #define POLICY_ALLOW 1
@@ -157,14 +171,14 @@ struct policy_key {
 
 struct policy_entry {
 	__u8 verdict;      /* POLICY_* */
-	__u8 prefixlen;    /* the key's prefixlen: LPM lookups do not return it, ties need it */
+	__u8 prefixlen;    /* 64 + the key's plen: decides between the identity and any-identity match */
 	__u16 proxy_port;  /* REDIRECT: the node-local proxy port */
 	__u32 pad2;
 	__u64 packets;     /* per-entry hit counter (racy increments; a debug aid) */
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct policy_key);
 	__type(value, struct policy_entry);
 	__uint(max_entries, 65536);

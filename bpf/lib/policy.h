@@ -1,25 +1,38 @@
-/* L3/L4 policy lookup: two LPM lookups (the remote identity, then any identity); a deny in
- * either wins, else the more specific L4 match, else the identity-specific one. The loader
- * removes allow entries that a less specific deny of the same identity covers, so the longest
- * match inside one identity is already the right answer. */
+/* L3/L4 policy lookup by prefix class (see struct policy_key): for the remote identity and for
+ * any identity, the longest class with an entry wins; a deny from either wins over everything,
+ * else the more specific of the two, else the identity-specific one. The loader removes allow
+ * entries that a shorter deny of the same identity covers, so "longest match per identity" is
+ * already the right answer within one identity. */
 #ifndef OSTIUM_POLICY_H
 #define OSTIUM_POLICY_H
 
 #include "maps.h"
 
-#define POLICY_KEY_FULL (POLICY_FULL_PREFIX + 8 + 16)
-
 static __always_inline struct policy_entry *
-policy_lookup(__u16 ep_id, __u8 dir, __u32 identity, __u8 proto, __u16 port)
+policy_lookup(__u16 ep_id, __u8 dir, __u32 identity, __u8 proto, __u16 port, __u32 plens)
 {
-	struct policy_key key = {
-		.prefixlen = POLICY_KEY_FULL, .ep_id = ep_id, .direction = dir,
-		.identity = identity, .proto = proto,
-		.dport_hi = port >> 8, .dport_lo = port & 0xff,
-	};
-	struct policy_entry *specific = bpf_map_lookup_elem(&ost_policy, &key);
-	key.identity = ID_ANY;
-	struct policy_entry *wild = bpf_map_lookup_elem(&ost_policy, &key);
+	struct policy_entry *specific = NULL, *wild = NULL;
+	struct policy_key key = { .ep_id = ep_id, .direction = dir };
+
+#pragma clang loop unroll(full)
+	for (int i = POLICY_CLASSES - 1; i >= 0; i--) {
+		if (!(plens & (1u << i)))
+			continue;
+		__u32 pbits = i > 1 ? i - 1 : 0;
+		key.plen = i == 0 ? 0 : 7 + i;
+		key.proto = i == 0 ? 0 : proto;
+		key.dport = pbits ? bpf_htons(port & ((0xffffu << (16 - pbits)) & 0xffff)) : 0;
+		if (!specific) {
+			key.identity = identity;
+			specific = bpf_map_lookup_elem(&ost_policy, &key);
+		}
+		if (!wild) {
+			key.identity = ID_ANY;
+			wild = bpf_map_lookup_elem(&ost_policy, &key);
+		}
+		if (specific && wild)
+			break;
+	}
 
 	if (specific && specific->verdict == POLICY_DENY)
 		return specific;

@@ -19,7 +19,8 @@ from typing import Any, AsyncIterator, Iterable
 from bpf import build as bpf_build
 from bpf import loader
 from bpf.maps import (EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED, LAYOUTS, EndpointInfo, Event,
-                      IfindexKey, IpcacheKey, IpcacheValue, PolicyMapKey, decode_entry)
+                      IfindexKey, IpcacheKey, IpcacheValue, IpKey, PolicyMapKey, decode_entry,
+                      policy_class)
 from mesh import kernel
 from mesh.datapath import lbmap, policymap
 from mesh.errors import DatapathError, NotFoundError
@@ -40,7 +41,8 @@ EP_PROGRAMS = (
 
 DEFAULT_MAP_SIZES = {
     "ost_lb4_svc": 65536, "ost_lb4_backend": 65536, "ost_lb4_affinity": 65536,
-    "ost_lb4_revnat": 65536, "ost_ipcache": 65536, "ost_endpoints": 4096, "ost_policy": 65536,
+    "ost_lb4_revnat": 65536, "ost_ipcache": 65536, "ost_ipcache_host": 65536, "ost_endpoints": 4096,
+    "ost_policy": 65536,
     "ost_ct4": 131072,
 }
 
@@ -73,6 +75,10 @@ class _EndpointState:
     ifname: str = ""
     flags: int = 0
     policy: dict[bytes, bytes] = field(default_factory=dict)
+    plens: tuple[int, int] = (0, 0)   # (ingress, egress) prefix classes in use
+
+    def info(self) -> EndpointInfo:
+        return EndpointInfo(self.ep_id, self.identity, self.ip, self.flags, self.plens[0], self.plens[1])
 
 
 class Datapath:
@@ -184,7 +190,8 @@ class Datapath:
             ifindex = IfindexKey.unpack(k).ifindex
             info = EndpointInfo.unpack(v)
             self._endpoints[info.ep_id] = _EndpointState(info.ep_id, ifindex, info.address,
-                                                         info.identity, flags=info.flags)
+                                                         info.identity, flags=info.flags,
+                                                         plens=(info.plens_ingress, info.plens_egress))
         pol = self._maps["ost_policy"]
         for k, v in pol.items():
             ep = self._endpoints.get(PolicyMapKey.unpack(k).ep_id)
@@ -266,11 +273,10 @@ class Datapath:
             flags = old.flags if old else 0
             if old and old.ifindex != host_ifindex:
                 self._maps["ost_endpoints"].delete(IfindexKey(old.ifindex).pack())
-            self._maps["ost_endpoints"].update(IfindexKey(host_ifindex).pack(),
-                                               EndpointInfo(ep_id, identity, ip, flags).pack())
-            self.upsert_ipcache(f"{ip}/32", identity)
             st = _EndpointState(ep_id, host_ifindex, ip, identity, host_ifname, flags,
-                                old.policy if old else {})
+                                old.policy if old else {}, old.plens if old else (0, 0))
+            self._maps["ost_endpoints"].update(IfindexKey(host_ifindex).pack(), st.info().pack())
+            self.upsert_ipcache(f"{ip}/32", identity)
             self._endpoints[ep_id] = st
             for tag, prog, attach_type in EP_PROGRAMS:
                 key = (ep_id, tag)
@@ -324,12 +330,28 @@ class Datapath:
 
     # ---- ipcache ----
     def upsert_ipcache(self, cidr: str, identity: int) -> None:
+        """IP or CIDR -> identity. /32s go to the exact-match hash map, shorter prefixes to the
+        LPM trie (looked up only when the hash map has no entry)."""
         self._require_started()
-        self._maps["ost_ipcache"].update(IpcacheKey.from_cidr(cidr).pack(), IpcacheValue(identity).pack())
+        key = self._ipcache_key(cidr)
+        if key.prefixlen == 32:
+            self._maps["ost_ipcache_host"].update(IpKey(key.address).pack(), IpcacheValue(identity).pack())
+        else:
+            self._maps["ost_ipcache"].update(key.pack(), IpcacheValue(identity).pack())
 
     def delete_ipcache(self, cidr: str) -> bool:
         self._require_started()
-        return self._maps["ost_ipcache"].delete(IpcacheKey.from_cidr(cidr).pack())
+        key = self._ipcache_key(cidr)
+        if key.prefixlen == 32:
+            return self._maps["ost_ipcache_host"].delete(IpKey(key.address).pack())
+        return self._maps["ost_ipcache"].delete(key.pack())
+
+    @staticmethod
+    def _ipcache_key(cidr: str) -> IpcacheKey:
+        try:
+            return IpcacheKey.from_cidr(cidr if "/" in cidr else f"{cidr}/32")
+        except ValueError as exc:
+            raise DatapathError(f"ipcache: {cidr!r} is not an IPv4 address or CIDR ({exc})") from None
 
     # ---- policy ----
     def sync_policy(self, ep_id: int, endpoint_policy: Any) -> int:
@@ -348,19 +370,25 @@ class Datapath:
             flags_obj = policymap.flags_of(endpoint_policy)
             flags = ((EP_F_INGRESS_ENFORCED if flags_obj.ingress_enforced else 0)
                      | (EP_F_EGRESS_ENFORCED if flags_obj.egress_enforced else 0))
+            plens = [0, 0]
+            for k in entries:
+                plens[k.direction & 1] |= 1 << policy_class(k.prefixlen)
             pol = self._maps["ost_policy"]
             upserts = {k: v for k, v in desired.items() if st.policy.get(k) != v}
             deletes = [k for k in st.policy if k not in desired]
             self._check_capacity(pol, self._policy_fill() + len([k for k in upserts if k not in st.policy]))
             self._apply(pol, upserts, [], st.policy)
             st.policy.update(upserts)
-            if flags != st.flags:
-                self._maps["ost_endpoints"].update(IfindexKey(st.ifindex).pack(),
-                                                   EndpointInfo(ep_id, st.identity, st.ip, flags).pack())
-                st.flags = flags
+            # While old and new entries coexist the program probes both sets of prefix classes.
+            st.flags = flags
+            st.plens = (st.plens[0] | plens[0], st.plens[1] | plens[1])
+            self._maps["ost_endpoints"].update(IfindexKey(st.ifindex).pack(), st.info().pack())
             for k in deletes:
                 pol.delete(k)
                 st.policy.pop(k, None)
+            if st.plens != (plens[0], plens[1]):
+                st.plens = (plens[0], plens[1])
+                self._maps["ost_endpoints"].update(IfindexKey(st.ifindex).pack(), st.info().pack())
             return len(desired)
 
     def _policy_fill(self) -> int:

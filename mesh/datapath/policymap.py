@@ -2,10 +2,10 @@
 
 The engine emits, per endpoint, `{PolicyKey(direction, identity, protocol, port_lo, port_hi):
 PolicyEntry(verdict, l7_parser, ...)}` with 0 = any for identity, protocol and ports. The BPF map
-is an LPM trie over (endpoint, direction, identity | protocol, port): ranges become prefix blocks,
-"any protocol with a port" becomes TCP+UDP+SCTP, and an allow that a less specific deny of the
-same identity covers is dropped here, because an LPM lookup only returns the longest match (the
-datapath's second lookup handles denies on the any-identity side).
+holds prefix blocks of (protocol, port) per (endpoint, direction, identity), probed longest first
+(bpf/lib/policy.h): ranges become aligned prefix blocks, "any protocol with a port" becomes
+TCP+UDP+SCTP, and an allow that a less specific deny of the same identity covers is dropped here,
+because the program stops at the longest match (its any-identity probe handles denies there).
 """
 
 from __future__ import annotations
