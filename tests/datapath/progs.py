@@ -98,3 +98,17 @@ dp.sync_policy(cfg["policy_ep"], SimpleNamespace(map_state=ms, ingress_enforced=
 print("ready", flush=True)
 time.sleep(3600)
 '''
+
+CONNLOOP = r'''
+import errno, socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+while True:
+    try:
+        s = socket.create_connection((host, port), timeout=1)
+        s.settimeout(1)
+        name = s.makefile("rb").readline().decode().strip()
+        s.close()
+        print("ok", name, flush=True)
+    except OSError as e:
+        print("err", errno.errorcode.get(e.errno, "timeout") if e.errno else "timeout", flush=True)
+'''

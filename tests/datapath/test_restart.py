@@ -25,6 +25,22 @@ VIP, A, B, C = "10.96.0.77", "10.213.3.1", "10.213.3.2", "10.213.3.3"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+class Lines:
+    """Collects a child's stdout lines in a thread."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            self.lines.append(line.strip())
+
+    def more_than(self, n: int, what: str) -> int:
+        wait_for(lambda: len(self.lines) > n, 10, what)
+        return len(self.lines)
+
+
 class Progress:
     """Reads the streaming client's byte counter from its stdout in a thread."""
 
@@ -65,10 +81,19 @@ def test_kill_9_keeps_established_flows_and_policy_then_new_process_adopts(node,
         progress = Progress(stream)
         progress.advances("before the kill")
         assert progress.lines[0] == "hello b"
+        # New connections being made all the time, allowed (a -> VIP) and denied (c -> b).
+        allowed = Lines(node.popen("a", [sys.executable, "-u", "-c", progs.CONNLOOP, VIP, "80"],
+                                   stdout=subprocess.PIPE, text=True))
+        denied = Lines(node.popen("c", [sys.executable, "-u", "-c", progs.CONNLOOP, B, "8080"],
+                                  stdout=subprocess.PIPE, text=True))
+        at_kill = allowed.more_than(20, "connections before the kill")
+        denied_at_kill = denied.more_than(0, "a denied attempt before the kill")
 
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait()
         progress.advances("after kill -9")
+        allowed.more_than(at_kill + 50, "connections after the kill")
+        denied.more_than(denied_at_kill + 1, "denied attempts after the kill")
         # New connections follow the pinned service and policy with no process owning them.
         assert node.client("a", "tcp", VIP, 80)[0].get("backend") == "b"
         assert node.client("c", "tcp", VIP, 80, timeout=0.6)[0].get("error")
@@ -89,6 +114,11 @@ def test_kill_9_keeps_established_flows_and_policy_then_new_process_adopts(node,
         assert node.client("c", "tcp", B, 8080, timeout=0.6)[0].get("error")
         progress.advances("after the new process reconciled")
         assert stream.poll() is None
+        n = len(allowed.lines)
+        allowed.more_than(n + 20, "connections after adoption")
+        assert allowed.lines and all(line == "ok b" for line in allowed.lines), \
+            [line for line in allowed.lines if line != "ok b"][:5]
+        assert denied.lines and all(line == "err timeout" for line in denied.lines), denied.lines[:5]
     finally:
         if dp is None:
             dp = Datapath(DatapathConfig(cgroup_root=node.plumbing.cgroup_root, pin_dir=pin_dir,
