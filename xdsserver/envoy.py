@@ -63,6 +63,9 @@ class EnvoyConfig:
     backoff_max: float = 10.0
     stable_after: float = 10.0           # running this long resets the backoff
     max_start_failures: int = 5          # consecutive failed starts → FAILED
+    # Keep serving across agent restarts: an Envoy that a previous agent started from the same
+    # bootstrap (pid file in state_dir) and that is ready is adopted instead of replaced.
+    adopt_running: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,38 @@ def build_bootstrap(config: EnvoyConfig, admin_port: int | None = None) -> dict[
     }
 
 
+class _AdoptedProcess:
+    """An Envoy a previous agent started: not our child, so it is watched through a pidfd (no pid
+    reuse race) and its exit code is unknown."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._fd = os.pidfd_open(pid)
+        self._loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future = self._loop.create_future()
+        self._loop.add_reader(self._fd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        self._loop.remove_reader(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        self.returncode = -1
+        if not self._exited.done():
+            self._exited.set_result(-1)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+    def send_signal(self, sig: int) -> None:
+        if self._fd < 0:
+            raise ProcessLookupError(self.pid)
+        signal.pidfd_send_signal(self._fd, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 class EnvoyProcess:
     """Runs and supervises one Envoy. `start()` returns once Envoy is ready (admin /ready = 200)."""
 
@@ -162,8 +197,10 @@ class EnvoyProcess:
         self.bootstrap_path = self.state_dir / "envoy-bootstrap.json"
         self.log_path = self.state_dir / "envoy.log"
         self.admin_path_file = self.state_dir / "envoy-admin-address"
+        self.pid_file = self.state_dir / "envoy.pid"
         self._binary = ""
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: asyncio.subprocess.Process | _AdoptedProcess | None = None
+        self.adopted = False
         self._state = EnvoyState.STOPPED
         self._restarts = 0
         self._last_error = ""
@@ -202,6 +239,13 @@ class EnvoyProcess:
             self._set_state(EnvoyState.FAILED, str(exc))
             raise
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        same_bootstrap = self._bootstrap_unchanged()
+        previous = self._previous_envoy()
+        if previous is not None:
+            if same_bootstrap and self.config.adopt_running and await self._adopt(previous):
+                self._supervisor = asyncio.create_task(self._supervise(), name="envoy-supervisor")
+                return
+            await self._stop_previous(previous)
         self.write_bootstrap()
         try:
             await self._spawn_until_ready()
@@ -219,7 +263,22 @@ class EnvoyProcess:
                 await self._supervisor
             self._supervisor = None
         await self._terminate(timeout)
+        with contextlib.suppress(OSError):
+            self.pid_file.unlink()
         self._set_state(EnvoyState.STOPPED, self._last_error)
+
+    async def detach(self) -> None:
+        """Stop supervising but leave Envoy running (agent restart): the next agent adopts it."""
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._supervisor
+            self._supervisor = None
+        if isinstance(self._proc, _AdoptedProcess) and self._proc._fd >= 0:
+            self._proc._on_exit()   # just release the pidfd; the process keeps running
+        self._proc = None
+        self._set_state(EnvoyState.STOPPED, "detached: Envoy left running for the next agent")
 
     async def wait_for_state(self, *states: EnvoyState, timeout: float = 30.0) -> EnvoyStatus:
         """Wait (event-driven) until the state is one of `states`."""
@@ -250,6 +309,46 @@ class EnvoyProcess:
                 text = f.read().decode(errors="replace")
             return "\n".join(text.splitlines()[-lines:])
         return ""
+
+    def _bootstrap_unchanged(self) -> bool:
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads(self.bootstrap_path.read_text()) == build_bootstrap(self.config)
+        return False
+
+    def _previous_envoy(self) -> int | None:
+        """The pid of an Envoy an earlier agent started from our bootstrap, if still running."""
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(self.pid_file.read_text().split()[0])
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if str(self.bootstrap_path).encode() in argv and os.path.basename(argv[0]) == b"envoy":
+                return pid
+        return None
+
+    async def _adopt(self, pid: int) -> bool:
+        with contextlib.suppress(OSError):
+            self._admin = self.admin_path_file.read_text().strip()
+        if not self._admin:
+            return False
+        with contextlib.suppress(OSError, ValueError, IndexError, asyncio.TimeoutError):
+            code, _ = await http_get(self._admin, "/ready", 2.0)
+            if code == 200:
+                self._proc = _AdoptedProcess(pid)
+                self.adopted = True
+                self._started_at = time.time()
+                self._set_state(EnvoyState.RUNNING, "")
+                log.info("adopted running Envoy (pid %s, admin %s)", pid, self._admin)
+                return True
+        return False
+
+    async def _stop_previous(self, pid: int) -> None:
+        # Our own earlier Envoy with another bootstrap: replace it (it would hold the ports).
+        try:
+            proc = _AdoptedProcess(pid)
+        except OSError:
+            return
+        self._proc = proc
+        await self._terminate(5.0)
+        self._proc = None
 
     def write_bootstrap(self) -> Path:
         data = build_bootstrap(self.config)
@@ -292,6 +391,8 @@ class EnvoyProcess:
                     start_new_session=True)
             except OSError as exc:
                 raise EnvoyError(f"cannot run Envoy {self._binary}: {exc}") from exc
+        self.adopted = False
+        self.pid_file.write_text(f"{self._proc.pid}\n")
         try:
             await self._wait_ready()
         except EnvoyError:
@@ -315,7 +416,8 @@ class EnvoyProcess:
                     if text:
                         self._admin = text
             if self._admin:
-                with contextlib.suppress(OSError, asyncio.TimeoutError, EnvoyError):
+                with contextlib.suppress(OSError, asyncio.TimeoutError, EnvoyError, ValueError,
+                                         IndexError):
                     code, body = await http_get(self._admin, "/ready", 1.0)
                     if code == 200:
                         return
@@ -350,6 +452,7 @@ class EnvoyProcess:
             rc = await self._proc.wait()
             if self._stopping:
                 return
+            code = "unknown (adopted process)" if isinstance(self._proc, _AdoptedProcess) else rc
             ran = time.time() - (self._started_at or time.time())
             if ran >= self.config.stable_after:
                 failures = 0
@@ -357,9 +460,9 @@ class EnvoyProcess:
             self._restarts += 1
             delay = min(self.config.backoff_max, self.config.backoff_initial * 2 ** (failures - 1))
             self._set_state(EnvoyState.RESTARTING,
-                            f"Envoy exited with code {rc} after {ran:.1f}s; restarting in "
+                            f"Envoy exited with code {code} after {ran:.1f}s; restarting in "
                             f"{delay:.2f}s (restart {self._restarts}); log tail:\n{self.log_tail(5)}")
-            log.warning("Envoy exited with code %s; restart %d in %.2fs", rc, self._restarts, delay)
+            log.warning("Envoy exited with code %s; restart %d in %.2fs", code, self._restarts, delay)
             while not self._stopping:
                 await asyncio.sleep(delay)  # backoff between attempts, not a synchronisation
                 try:

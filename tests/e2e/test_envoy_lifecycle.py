@@ -144,3 +144,54 @@ def test_find_binary_from_the_wheel():
     path = find_envoy_binary()
     assert os.access(path, os.X_OK)
     assert json.dumps(path)
+
+
+async def test_a_restarted_agent_adopts_the_running_envoy(tmp_path):
+    """Agent restart: the old supervisor detaches, Envoy keeps serving, the new one adopts it
+    (same bootstrap), supervises it (restarts it when it dies) and can stop it."""
+    from xdsserver.server import XdsServer
+
+    port = free_port()
+    cache = SnapshotCache()
+    server = XdsServer(cache)
+    target = await server.start()
+    cfg = EnvoyConfig(tmp_path, "n1", target, backoff_initial=0.05)
+    first = EnvoyProcess(cfg)
+    second = EnvoyProcess(cfg)
+    third = None
+    try:
+        with http_backend() as backend:
+            snap = snapshot(port, backend.server_address[1], "GET")
+            cache.set_snapshot("n1", snap)
+            await first.start()
+            pid = first.pid
+            await server.wait_applied("n1", snap)
+            await wait_port_open(port)
+            await first.detach()
+            assert pid_alive(pid)
+            assert (await curl(f"http://127.0.0.1:{port}/")).status == 200   # still serving
+
+            await second.start()
+            assert second.adopted and second.pid == pid and second.state().state is EnvoyState.RUNNING
+            os.kill(pid, signal.SIGKILL)
+            st = await second.wait_for_state(EnvoyState.RESTARTING, timeout=10)
+            assert "unknown (adopted process)" in st.last_error
+            st = await second.wait_for_state(EnvoyState.RUNNING, timeout=20)
+            assert st.pid != pid and st.restarts == 1 and not second.adopted
+            await server.wait_applied("n1", snap)
+            await wait_port_open(port)
+            assert (await curl(f"http://127.0.0.1:{port}/")).status == 200
+
+            # A different bootstrap (another xDS address): the old Envoy is replaced, not adopted.
+            new_pid = st.pid
+            await second.detach()
+            third = EnvoyProcess(EnvoyConfig(tmp_path, "n1", target.replace("127.0.0.1", "localhost"),
+                                             ready_timeout=3.0))
+            with pytest.raises(EnvoyError):   # "localhost" is not an address Envoy's STATIC cluster takes
+                await third.start()
+            assert not pid_alive(new_pid)
+    finally:
+        for e in (first, second, third):
+            if e is not None:
+                await e.stop()
+        await server.stop(0)
