@@ -28,7 +28,10 @@ from xdsserver.translate import PortPolicy, ProxyOptions, TranslateInput, transl
 class ProxyConfig:
     state_dir: Path
     node_id: str = "ostium"
-    xds_port: int = 0                       # 127.0.0.1:port (0 = pick) unless xds_unix_path
+    # Where the xDS/ALS gRPC server listens: a unix socket (default: state_dir/xds.sock) or
+    # 127.0.0.1:xds_port. A stable address lets Envoy outlive an agent restart (it reconnects and
+    # the new agent adopts it); a picked port (xds_port=0 with xds_unix_path="") does not.
+    xds_port: int = 0
     xds_unix_path: str | None = None
     xds_mode: XdsMode = XdsMode.DELTA
     ingress_proxy_port: int = 15001
@@ -56,7 +59,11 @@ class L7Proxy:
 
     async def start(self, require_envoy: bool = True) -> None:
         cfg = self.config
-        target = await self.server.start(port=cfg.xds_port, unix_path=cfg.xds_unix_path,
+        unix_path = cfg.xds_unix_path
+        if unix_path is None and not cfg.xds_port:
+            Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
+            unix_path = str(Path(cfg.state_dir) / "xds.sock")
+        target = await self.server.start(port=cfg.xds_port, unix_path=unix_path or None,
                                          servicers=[self.als])
         # Envoy is not ready before its first LDS/CDS answer, and a SotW stream only answers
         # once a snapshot exists: start from an empty one (no listeners: L7 flows fail closed).
@@ -78,6 +85,15 @@ class L7Proxy:
         try:
             if self.envoy is not None:
                 await self.envoy.stop()
+        finally:
+            await self.server.stop(0)
+
+    async def detach(self) -> None:
+        """Agent restart: stop serving xDS but leave Envoy running with its config; the next
+        L7Proxy with the same config adopts it and Envoy reconnects to it."""
+        try:
+            if self.envoy is not None:
+                await self.envoy.detach()
         finally:
             await self.server.stop(0)
 

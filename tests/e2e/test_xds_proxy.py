@@ -56,3 +56,31 @@ async def test_missing_envoy_is_reported_and_xds_keeps_running_when_allowed(tmp_
     strict = L7Proxy(ProxyConfig(tmp_path, envoy_binary=str(tmp_path / "no-envoy")))
     with pytest.raises(EnvoyError):
         await strict.start()
+
+
+async def test_agent_restart_keeps_envoy_serving_and_adopts_it(tmp_path):
+    port = free_port()
+    with http_backend() as backend:
+        cfg = ProxyConfig(tmp_path, options=ProxyOptions(
+            transparent=False, static_upstream=("127.0.0.1", backend.server_address[1])))
+        pp = lambda method: PortPolicy("127.0.0.1", Direction.INGRESS, port, port,  # noqa: E731
+                                       (PeerRule(None, (HTTPRule(method=method),)),))
+        old, new = L7Proxy(cfg), L7Proxy(cfg)
+        try:
+            await old.start()
+            await old.apply([pp("GET")], {})
+            await wait_port_open(port)
+            pid = old.envoy.pid
+            await old.detach()
+            assert (await curl(f"http://127.0.0.1:{port}/")).status == 200  # no agent, still enforcing
+
+            await new.start()
+            assert new.envoy.adopted and new.envoy.pid == pid
+            # The policy the new agent computes reaches the adopted Envoy once it reconnects.
+            new.set(new.translate([pp("PUT")], {}))
+            await new.server.wait_applied("ostium", new.cache.get_snapshot("ostium"), timeout=40)
+            assert (await curl(f"http://127.0.0.1:{port}/", "-X", "PUT")).status == 200
+            assert (await curl(f"http://127.0.0.1:{port}/")).status == 403
+        finally:
+            await new.stop()
+            await old.stop()
