@@ -232,3 +232,29 @@ async def test_cidr_identity_does_not_cover_addresses_of_other_identities(tmp_pa
             assert (await curl(url, "--interface", "127.0.0.1")).status == 200
             assert (await curl(url, "--interface", "127.0.0.3")).status == 200
             assert (await curl(url, "--interface", "127.0.0.2")).status == 403
+
+
+async def test_ipv6_endpoint_on_the_same_proxy_port(tmp_path):
+    """An IPv6 endpoint gets the listener's IPv6 address and its own chain. (HTTP/2 is covered by
+    the gRPC test: upstream speaks what downstream speaks, and this backend is HTTP/1.1 only.)"""
+    port = free_port()
+    with http_backend() as backend:
+        async with envoy_harness(tmp_path) as h:
+            rules = (PeerRule(None, (HTTPRule(method="GET", path="/public"),)),)
+            inp = TranslateInput(
+                ports=(PortPolicy("127.0.0.1", Direction.INGRESS, port, port, rules),
+                       PortPolicy("::1", Direction.INGRESS, port, port, rules)),
+                options=ProxyOptions(transparent=False,
+                                     static_upstream=("127.0.0.1", backend.server_address[1])))
+            snap = Snapshot.build(translate(inp).by_type())
+            h.cache.set_snapshot(h.node_id, snap)
+            assert await h.server.wait_applied(h.node_id, snap) == []
+            await wait_port_open(port)
+            await wait_port_open(port, host="::1")
+            for base in (f"http://127.0.0.1:{port}", f"http://[::1]:{port}"):
+                assert (await curl(base + "/public")).status == 200
+                assert (await curl(base + "/private")).status == 403
+            recs = await h.wait_records(lambda rs: len(rs) >= 4)
+            assert {r.destination_ip for r in recs} == {"127.0.0.1", "::1"}
+            assert {r.source for r in recs if r.source_ip == "::1"} <= {
+                f"[::1]:{r.source_port}" for r in recs}

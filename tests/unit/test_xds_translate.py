@@ -223,7 +223,7 @@ def test_every_output_is_a_valid_envoy_resource():
 
 @pytest.mark.parametrize("pp,path", [
     (PortPolicy("10.0.0.300", IN, 80, 15001, ()), "ports[0].endpoint_ip"),
-    (PortPolicy("10.0.0.1", IN, 0, 15001, ()), "ports[0].port"),
+    (PortPolicy("10.0.0.1", IN, -1, 15001, ()), "ports[0].port"),
     (PortPolicy("10.0.0.1", IN, 80, 70000, ()), "ports[0].proxy_port"),
     (PortPolicy("10.0.0.1", IN, 53, 15001, (), protocol="UDP"), "ports[0].protocol"),
 ])
@@ -250,3 +250,15 @@ def test_validate_rejects_what_envoy_would_nack(rule, path, text):
 def test_validate_accepts_cilium_style_rules():
     validate_http_rule(HTTPRule(method="GET|POST", path="/v1/request-landing", host=".*",
                                 headers=(HeaderMatch(":authority"), HeaderMatch("X-Has-Force", "true"))))
+
+
+def test_ipv6_endpoints_add_an_ipv6_listener_address():
+    v4 = run(PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(None),)))
+    assert "additional_addresses" not in v4.listeners[0]
+    both = run(PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(None),)),
+               PortPolicy("fd00::1", IN, 80, 15001, (PeerRule(None),)))
+    assert both.listeners[0]["additional_addresses"] == [
+        {"address": {"socket_address": {"address": "::1", "port_value": 15001}}}]
+    assert both.listeners[0]["filter_chains"][1]["filter_chain_match"]["prefix_ranges"] == [
+        {"address_prefix": "fd00::1", "prefix_len": 128}]
+    Snapshot.build(both.by_type())

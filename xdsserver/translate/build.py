@@ -76,7 +76,8 @@ def translate(inp: TranslateInput) -> Resources:
             chains.append(_filter_chain(name, ip, direction, port, pps[0].endpoint, opts))
             routes.append(_route_config(name, direction, [r for pp in pps for r in pp.rules],
                                         inp.ipcache, upstream))
-        listeners.append(_listener(proxy_port, chains, opts))
+        ipv6 = any(ipaddress.ip_address(ip).version == 6 for ip, _, _ in by_proxy[proxy_port])
+        listeners.append(_listener(proxy_port, chains, opts, ipv6))
     return Resources(tuple(listeners), tuple(routes), (_upstream_cluster(opts),))
 
 
@@ -111,8 +112,9 @@ def _check_port_policy(pp: PortPolicy, path: str) -> None:
 # ---- listener and filter chains ---------------------------------------------------------------
 
 
-def _listener(proxy_port: int, chains: list[dict[str, Any]], opts: ProxyOptions) -> dict[str, Any]:
-    return {
+def _listener(proxy_port: int, chains: list[dict[str, Any]], opts: ProxyOptions,
+              ipv6: bool) -> dict[str, Any]:
+    listener = {
         "name": listener_name(proxy_port),
         "address": {"socket_address": {"address": opts.listener_address, "port_value": proxy_port}},
         # The datapath hands us flows for other addresses (bpf_sk_assign); the SYN-ACK from that
@@ -126,6 +128,10 @@ def _listener(proxy_port: int, chains: list[dict[str, Any]], opts: ProxyOptions)
         "filter_chains": chains,
         "traffic_direction": "UNSPECIFIED",
     }
+    if ipv6 and ipaddress.ip_address(opts.listener_address).version == 4:
+        listener["additional_addresses"] = [{"address": {"socket_address": {
+            "address": opts.listener_address_v6, "port_value": proxy_port}}}]
+    return listener
 
 
 def _host_prefix(ip: str) -> dict[str, Any]:

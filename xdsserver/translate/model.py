@@ -75,6 +75,8 @@ class PortPolicy:
 @dataclass(frozen=True, slots=True)
 class ProxyOptions:
     listener_address: str = "127.0.0.1"
+    # Also bound when some redirected endpoint is IPv6 (an IPv4 socket never gets IPv6 flows).
+    listener_address_v6: str = "::1"
     transparent: bool = True                 # needed for sk_assign'ed flows (ENVIRONMENT.md)
     upstream_mark: int = 0x1000              # SO_MARK on Envoy's upstream sockets (not redirected)
     als_cluster: str | None = "ostium_als"   # None: no access log
