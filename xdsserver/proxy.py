@@ -129,3 +129,17 @@ class L7Proxy:
         xds["mode"] = self.config.xds_mode.value
         return {"envoy": envoy, "xds": xds,
                 "access_log": {"received": self.als.received, "errors": self.als.errors}}
+
+
+STATUS_COLUMNS = ["node", "type", "name", "state", "version_acked", "version_sent", "nack_message"]
+
+
+def status_rows(status: dict) -> list[dict]:
+    """`L7Proxy.status()` flattened to one row per resource (for `-o table`, STATUS_COLUMNS)."""
+    rows = []
+    for node in status.get("xds", {}).get("nodes", []):
+        for r in node["resources"]:
+            rows.append({"node": node["node_id"], "type": r["type"], "name": r["name"],
+                         "state": r["state"], "version_acked": r["version_acked"],
+                         "version_sent": r["version_sent"], "nack_message": r["nack_message"]})
+    return rows

@@ -6,7 +6,7 @@ import pytest
 
 from mesh.errors import ValidationError
 from xdsserver.envoy import EnvoyError
-from xdsserver.proxy import L7Proxy, ProxyConfig
+from xdsserver.proxy import STATUS_COLUMNS, L7Proxy, ProxyConfig, status_rows
 from xdsserver.translate import Direction, HTTPRule, PeerRule, PortPolicy, ProxyOptions
 from xdsserver.testing import curl, free_port, http_backend, wait_port_open
 
@@ -39,6 +39,9 @@ async def test_apply_status_and_records(tmp_path):
             node = st["xds"]["nodes"][0]
             assert node["nacked"] == 0 and node["acked"] == len(node["resources"]) == 3
             assert st["xds"]["ack_latency_ms"]["count"] >= 1
+            rows = status_rows(st)
+            assert {r["type"] for r in rows} == {"Cluster", "Listener", "RouteConfiguration"}
+            assert all(set(r) == set(STATUS_COLUMNS) and r["state"] == "acked" for r in rows)
         finally:
             await proxy.stop()
         assert proxy.status()["envoy"]["state"] == "stopped"
