@@ -16,6 +16,7 @@ import ipaddress
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -199,10 +200,14 @@ class Plumbing:
             kernel.join_cgroup(cg)
             kernel.setns_path(ns_path)
 
+        # The agent's own interpreter comes first on PATH, so `python3 -m mesh.demo...` in a manifest finds
+        # the same environment the agent runs in.
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "/usr/bin:/bin")])
         with open(log_path, "ab") as log:
             try:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                        preexec_fn=enter, start_new_session=True, close_fds=True)
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                        preexec_fn=enter, start_new_session=True, close_fds=True, cwd="/")
             except (OSError, subprocess.SubprocessError) as exc:
                 raise EndpointError(f"cannot start {argv[0]!r} in endpoint {key}: {exc}") from None
         return proc.pid

@@ -1,0 +1,1 @@
+"""Small demo workloads (the Star Wars deathstar) started inside endpoints by the examples."""
