@@ -1,0 +1,408 @@
+"""The flow observer: one bounded ring of flows from every source, live subscribers, counters.
+
+Ingest is O(1) and cheap because datapath events (the bulk: one per new flow and per drop) are kept
+as compact slots: the raw ring-buffer record (or the decoded event object) plus two references to
+shared, cached enrichment results. A Flow object is built only when someone reads the slot (a
+query, a follower, the exporter). L7 records (Envoy, Kafka proxy) arrive far less often and are
+stored as Flow objects built by the converters in model.py.
+
+Not thread-safe: call the ingest methods from the agent's event loop thread.
+
+Subscribers (live followers) each have a bounded queue. Ingest never waits for them: when a
+follower's queue is full the flow is not queued for it and its lost count grows; the follower
+receives a LostEvents marker with that count before its next flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import socket
+import struct
+import time
+import uuid as uuidlib
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Iterator
+
+from mesh.flows.model import (
+    DROP_REASONS, Direction, Endpoint, EndpointMeta, Enricher, Flow, FlowType, PROTO_NAMES, Verdict,
+    endpoint_of, flow_from_http_record, flow_from_kafka_record, tcp_flag_names,
+)
+
+# struct trace_event (bpf/lib/events.h, 48 bytes). Ports are big-endian on the wire; they are
+# swapped only when a slot is materialised.
+_RAW = struct.Struct("<QBBBBHHII4s4sHHIBBHI")
+RAW_EVENT_SIZE = _RAW.size
+_VERDICTS = {1: Verdict.FORWARDED, 2: Verdict.REDIRECTED, 3: Verdict.DROPPED}
+_DIRECTIONS = {0: Direction.INGRESS, 1: Direction.EGRESS}
+
+DEFAULT_CAPACITY = 65536
+DEFAULT_SUBSCRIBER_QUEUE = 8192
+_ENRICH_CACHE_MAX = 65536
+
+
+def _swap16(v: int) -> int:
+    return ((v & 0xFF) << 8) | (v >> 8)
+
+
+@dataclass(frozen=True, slots=True)
+class LostEvents:
+    """In-band marker for a follower: `count` flows were not delivered to it (queue overflow)."""
+
+    count: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lost_events": self.count}
+
+
+class Subscription:
+    """One live follower's bounded queue. The observer pushes; the follower awaits `next()`."""
+
+    __slots__ = ("queue", "capacity", "lost", "_unreported", "_wake", "closed")
+
+    def __init__(self, capacity: int) -> None:
+        self.queue: collections.deque = collections.deque()
+        self.capacity = capacity
+        self.lost = 0              # total flows this follower did not get
+        self._unreported = 0       # lost since the last LostEvents handed out
+        self._wake = asyncio.Event()
+        self.closed = False
+
+    def push(self, slot: tuple) -> None:
+        if len(self.queue) >= self.capacity:
+            self.lost += 1
+            self._unreported += 1
+            return
+        self.queue.append(slot)
+        self._wake.set()
+
+    def pop_ready(self) -> "list[tuple | LostEvents]":
+        """What is queued now (a LostEvents first if flows were lost), without waiting."""
+        out: list[tuple | LostEvents] = []
+        if self._unreported:
+            out.append(LostEvents(self._unreported))
+            self._unreported = 0
+        q = self.queue
+        while q:
+            out.append(q.popleft())
+        return out
+
+    async def wait(self) -> None:
+        while not self.queue and not self._unreported and not self.closed:
+            self._wake.clear()
+            await self._wake.wait()
+
+
+class JsonlExporter:
+    """Appends flows as JSON lines to a file; at `max_bytes` the file is rotated to `path.1` (one
+    backup kept), so the disk use stays under 2 × max_bytes."""
+
+    def __init__(self, path: str, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.written = 0
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._f = open(path, "a", encoding="utf-8")
+        self._size = self._f.tell()
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+        if self._size + len(data) > self.max_bytes and self._size > 0:
+            self._f.close()
+            os.replace(self.path, self.path + ".1")
+            self._f = open(self.path, "a", encoding="utf-8")
+            self._size = 0
+        self._f.write(data)
+        self._f.flush()
+        self._size += len(data)
+        self.written += len(records)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class Observer:
+    """A ring of the last `capacity` flows; counters for metrics; live subscribers."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, enricher: Enricher | None = None,
+                 subscriber_queue: int = DEFAULT_SUBSCRIBER_QUEUE, exporter: JsonlExporter | None = None
+                 ) -> None:
+        if capacity < 1:
+            raise ValueError("flow ring capacity must be at least 1")
+        self.capacity = capacity
+        self.enricher = enricher or Enricher()
+        self.subscriber_queue = subscriber_queue
+        self.exporter = exporter
+        self._ring: list[tuple | None] = [None] * capacity
+        self.seen = 0                               # flows ever ingested; next sequence number
+        self._subs: list[Subscription] = []
+        self._meta_cache: dict[tuple[Any, int], EndpointMeta] = {}
+        self._export_pending: list[tuple] = []
+        self._uuid_prefix = uuidlib.uuid4().int >> 64 << 64
+        self.resync_clock()
+        # Counters for metrics (read at scrape time; plain dicts keep ingest cheap).
+        self.dp_counts: dict[tuple[int, int, int, int], int] = {}     # (type, verdict, reason, dir)
+        self.l7_counts: dict[tuple[str, str, str], int] = {}          # (verdict, reason desc, dir)
+        self.http_counts: dict[tuple[str, int, str, str, str], int] = {}  # method, code, src, dst, verdict
+        self.kafka_counts: dict[tuple[str, str, str], int] = {}       # api, topic, verdict
+        self.subscriber_lost_total = 0
+
+    # ---- clock and enrichment ----
+    def resync_clock(self) -> None:
+        """Datapath stamps are CLOCK_MONOTONIC: keep the offset to the wall clock."""
+        self._mono_to_wall = time.time() - time.monotonic()
+
+    def invalidate_enrichment(self) -> None:
+        """Forget cached endpoint/identity lookups: call after endpoints or identities change."""
+        self._meta_cache.clear()
+
+    def _meta(self, ip: Any, identity: int) -> EndpointMeta:
+        key = (ip, identity)
+        meta = self._meta_cache.get(key)
+        if meta is None:
+            if len(self._meta_cache) >= _ENRICH_CACHE_MAX:
+                self._meta_cache.clear()
+            ip_str = ip if isinstance(ip, str) else socket.inet_ntoa(ip)
+            meta = self._meta_cache[key] = self.enricher.peer(ip_str, identity)
+        return meta
+
+    # ---- ingest ----
+    @property
+    def lost(self) -> int:
+        """Flows overwritten in the ring (the oldest go first)."""
+        return self.seen - self.capacity if self.seen > self.capacity else 0
+
+    @property
+    def stored(self) -> int:
+        return min(self.seen, self.capacity)
+
+    def _store(self, slot: tuple) -> None:
+        self._ring[slot[0] % self.capacity] = slot
+        self.seen = slot[0] + 1
+        for sub in self._subs:
+            sub.push(slot)
+        if self.exporter is not None:
+            self._export_pending.append(slot)
+
+    def ingest_datapath_raw(self, raw: bytes) -> None:
+        """One ring-buffer record (struct trace_event bytes), as read from the BPF ring buffer."""
+        (ts, ty, reason, d, _proto, _ep, _pp, si, di, sa, da, _sp, _dp, _ifi, verdict, _fl, _pad,
+         _ln) = _RAW.unpack_from(raw)
+        key = (ty, verdict, reason, d)
+        c = self.dp_counts
+        c[key] = c.get(key, 0) + 1
+        cache = self._meta_cache
+        sm = cache.get((sa, si)) or self._meta(sa, si)
+        dm = cache.get((da, di)) or self._meta(da, di)
+        seq = self.seen
+        slot = (seq, ts / 1e9 + self._mono_to_wall, raw, sm, dm)
+        self._ring[seq % self.capacity] = slot
+        self.seen = seq + 1
+        if self._subs:
+            for sub in self._subs:
+                sub.push(slot)
+        if self.exporter is not None:
+            self._export_pending.append(slot)
+
+    def ingest_datapath_event(self, ev: Any) -> None:
+        """A decoded datapath event (bpf.maps.Event or anything with its attribute names)."""
+        ty, verdict, reason, d = int(ev.type), int(ev.verdict), int(ev.reason), int(ev.direction)
+        key = (ty, verdict, reason, d)
+        self.dp_counts[key] = self.dp_counts.get(key, 0) + 1
+        sm = self._meta(ev.saddr, ev.src_identity)
+        dm = self._meta(ev.daddr, ev.dst_identity)
+        self._store((self.seen, ev.ts_ns / 1e9 + self._mono_to_wall, ev, sm, dm))
+
+    def ingest_flow(self, flow: Flow) -> None:
+        """A Flow built by a converter (L7 sources, or tests)."""
+        if flow.type is FlowType.L7 or flow.l7 is not None:
+            self._count_l7(flow)
+        else:
+            key = (2 if flow.type is FlowType.DROP else 1,
+                   {Verdict.FORWARDED: 1, Verdict.REDIRECTED: 2, Verdict.DROPPED: 3}.get(flow.verdict, 0),
+                   flow.drop_reason, 0 if flow.traffic_direction is Direction.INGRESS else 1)
+            self.dp_counts[key] = self.dp_counts.get(key, 0) + 1
+        self._store((self.seen, flow.time, flow, None, None))
+
+    def ingest_http_record(self, rec: Any) -> Flow:
+        flow = flow_from_http_record(rec, self.enricher)
+        self.ingest_flow(flow)
+        return flow
+
+    def ingest_kafka_record(self, rec: Any) -> Flow:
+        flow = flow_from_kafka_record(rec, self.enricher)
+        self.ingest_flow(flow)
+        return flow
+
+    def _count_l7(self, flow: Flow) -> None:
+        v = flow.verdict.value
+        key = (v, flow.drop_reason_desc, flow.traffic_direction.value)
+        self.l7_counts[key] = self.l7_counts.get(key, 0) + 1
+        l7 = flow.l7
+        if l7 is None:
+            return
+        if l7.http is not None:
+            hk = (l7.http.method, l7.http.code, workload_or_ip(flow.source),
+                  workload_or_ip(flow.destination), v)
+            self.http_counts[hk] = self.http_counts.get(hk, 0) + 1
+        elif l7.kafka is not None:
+            for topic in l7.kafka.topics or ("",):
+                kk = (l7.kafka.api_key, topic, v)
+                self.kafka_counts[kk] = self.kafka_counts.get(kk, 0) + 1
+
+    # ---- reading ----
+    def materialize(self, slot: tuple) -> Flow:
+        seq, wall, obj, sm, dm = slot
+        if isinstance(obj, Flow):
+            return obj
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            (_ts, ty, reason, d, proto, ep, pp, _si, _di, sa, da, sp, dp, _ifi, verdict, flags, _pad,
+             _ln) = _RAW.unpack_from(obj)
+            saddr, daddr, sport, dport = socket.inet_ntoa(sa), socket.inet_ntoa(da), _swap16(sp), _swap16(dp)
+        else:
+            ty, reason, d, proto = int(obj.type), int(obj.reason), int(obj.direction), int(obj.proto)
+            ep, pp, verdict, flags = obj.ep_id, obj.proxy_port, int(obj.verdict), obj.tcp_flags
+            saddr, daddr, sport, dport = obj.saddr, obj.daddr, obj.sport, obj.dport
+        v = _VERDICTS.get(verdict, Verdict.ERROR)
+        direction = _DIRECTIONS.get(d, Direction.UNKNOWN)
+        icmp = proto == 1
+        src = endpoint_of(sm, saddr, 0 if icmp else sport)
+        dst = endpoint_of(dm, daddr, 0 if icmp else dport)
+        # The endpoint id names the endpoint whose veth saw the packet: the destination on
+        # ingress, the source on egress.
+        if ep and direction is Direction.INGRESS:
+            dst = _with_ep(dst, ep)
+        elif ep:
+            src = _with_ep(src, ep)
+        enr = self.enricher
+        return Flow(
+            time=wall, verdict=v,
+            type=FlowType.DROP if ty == 2 or v is Verdict.DROPPED else FlowType.TRACE,
+            source=src, destination=dst,
+            protocol=PROTO_NAMES.get(proto, str(proto)),
+            tcp_flags=tcp_flag_names(flags) if proto == 6 else (),
+            icmp_type=dport if icmp else None,
+            drop_reason=reason if v is Verdict.DROPPED else 0,
+            traffic_direction=direction, is_reply=reason == 2,
+            source_service=enr.service(saddr, sport), destination_service=enr.service(daddr, dport),
+            node_name=enr.node_name, proxy_port=pp,
+            uuid=str(uuidlib.UUID(int=self._uuid_prefix | seq)),
+        )
+
+    def _slots_newest_first(self) -> Iterator[tuple]:
+        ring, cap = self._ring, self.capacity
+        for seq in range(self.seen - 1, max(self.seen - cap, 0) - 1, -1):
+            slot = ring[seq % cap]
+            if slot is not None:
+                yield slot
+
+    def query(self, match: Callable[[Flow], bool] | None = None, last: int | None = None,
+              since: float | None = None, until: float | None = None) -> tuple[list[Flow], bool]:
+        """Flows (oldest first) that pass `match` within [since, until]; the newest `last` of them.
+
+        Returns (flows, incomplete): incomplete is True when the ring has overwritten flows that
+        could have belonged to the answer (the scan reached the oldest stored flow)."""
+        out: list[Flow] = []
+        reached_oldest = True
+        for slot in self._slots_newest_first():
+            wall = slot[1]
+            if until is not None and wall > until:
+                continue
+            if since is not None and wall < since:
+                # Slots are in arrival order; L7 records can be stamped slightly earlier than
+                # later datapath events, so do not stop at the first older one.
+                continue
+            flow = self.materialize(slot)
+            if match is None or match(flow):
+                out.append(flow)
+                if last is not None and len(out) >= last:
+                    reached_oldest = False
+                    break
+        out.reverse()
+        return out, reached_oldest and self.lost > 0
+
+    def subscribe(self, queue_size: int | None = None) -> Subscription:
+        sub = Subscription(queue_size or self.subscriber_queue)
+        self._subs = self._subs + [sub]   # copy-on-write: ingest iterates without a lock
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        sub.closed = True
+        sub._wake.set()
+        self.subscriber_lost_total += sub.lost
+        self._subs = [s for s in self._subs if s is not sub]
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
+    async def follow(self, match: Callable[[Flow], bool] | None = None, last: int = 0,
+                     since: float | None = None, queue_size: int | None = None
+                     ) -> AsyncIterator[Flow | LostEvents]:
+        """History (the newest `last` matching flows, or since a time) then live flows."""
+        sub = self.subscribe(queue_size)
+        try:
+            first_live = self.seen
+            if last or since is not None:
+                history, _ = self.query(match, last=last or None, since=since)
+                for flow in history:
+                    yield flow
+            while not sub.closed:
+                await sub.wait()
+                for item in sub.pop_ready():
+                    if isinstance(item, LostEvents):
+                        yield item
+                        continue
+                    if item[0] < first_live:
+                        continue
+                    flow = self.materialize(item)
+                    if match is None or match(flow):
+                        yield flow
+        finally:
+            self.unsubscribe(sub)
+
+    def status(self) -> dict[str, Any]:
+        return {"capacity": self.capacity, "stored": self.stored, "seen": self.seen, "lost": self.lost,
+                "subscribers": self.subscribers,
+                "subscriber_lost": self.subscriber_lost_total + sum(s.lost for s in self._subs)}
+
+    # ---- export ----
+    def flush_export(self) -> int:
+        if self.exporter is None or not self._export_pending:
+            return 0
+        pending, self._export_pending = self._export_pending, []
+        self.exporter.write([self.materialize(s).to_json() for s in pending])
+        return len(pending)
+
+    async def run(self, export_interval: float = 0.5) -> None:
+        """Background duties: export flushes and clock resync. Run as a task in the agent."""
+        n = 0
+        while True:
+            await asyncio.sleep(export_interval)
+            self.flush_export()
+            n += 1
+            if n % 120 == 0:
+                self.resync_clock()
+
+
+def _with_ep(e: Endpoint, ep: int) -> Endpoint:
+    return Endpoint(ip=e.ip, port=e.port, identity=e.identity, labels=e.labels, namespace=e.namespace,
+                    pod_name=e.pod_name, workload=e.workload, endpoint_id=ep)
+
+
+def workload_or_ip(e: Endpoint) -> str:
+    """The service-map node name of one side: ns/workload, else reserved:x, else the IP."""
+    if e.workload:
+        if e.workload.startswith("reserved:"):
+            return e.workload
+        return f"{e.namespace}/{e.workload}" if e.namespace else e.workload
+    for kv in e.labels:
+        if kv.startswith("reserved:"):
+            return kv.split("=", 1)[0]
+    return e.ip or "unknown"
+
+
+def drop_reason_name(code: int) -> str:
+    return DROP_REASONS.get(code, (f"REASON_{code}", ""))[0]
