@@ -116,11 +116,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 
 	__u16 proxy_port = 0;
 	int redirect = 0;
-	if (enforced && !icmp_error) {
-		/* Checked for every packet of a flow, not only the first: a new deny cuts it. */
-		struct policy_entry *pe = policy_lookup((__u16)ep->ep_id, dir, remote_id, proto, policy_port,
-							 ep->plens[dir & 1]);
-		if (!pe || pe->verdict == POLICY_DENY) {
+	__u32 plens = ep->plens[dir & 1];
+	if ((enforced || plens) && !icmp_error) {
+		/* Checked for every packet of a flow, not only the first: a new deny cuts it. A
+		 * direction that is not enforced still obeys deny rules (enableDefaultDeny: false). */
+		struct policy_entry *pe = policy_lookup((__u16)ep->ep_id, dir, remote_id, proto, policy_port, plens);
+		if ((pe && pe->verdict == POLICY_DENY) || (!pe && enforced)) {
 			ev.type = EV_DROP;
 			ev.reason = pe ? REASON_POLICY_DENY : REASON_POLICY_DEFAULT;
 			ev.verdict = VERDICT_DROPPED;
@@ -128,11 +129,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			emit_event(&ev);
 			return CTX_DROP;
 		}
-		if (pe->verdict == POLICY_REDIRECT) {
-			redirect = 1;
-			proxy_port = pe->proxy_port;
+		if (pe) {
+			if (pe->verdict == POLICY_REDIRECT) {
+				redirect = 1;
+				proxy_port = pe->proxy_port;
+			}
+			__sync_fetch_and_add(&pe->packets, 1);
 		}
-		__sync_fetch_and_add(&pe->packets, 1);
 	}
 
 	if (status == CT_NEW) {
