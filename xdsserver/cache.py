@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any as AnyT, Iterable, Mapping
@@ -49,16 +50,28 @@ class Snapshot:
 
     @classmethod
     def build(cls, resources: Mapping[str, Iterable["Message | Any | Mapping[str, AnyT]"]],
-              version: str | None = None) -> "Snapshot":
+              version: str | None = None, memo: "PackMemo | None" = None) -> "Snapshot":
         """Resources per type URL, each a typed message, a packed Any or a proto3-JSON dict.
 
         Duplicate names within a type are rejected: Envoy would silently keep one of them.
+        With a `memo`, dict resources identical to ones of the previous build are not converted
+        again (a policy change usually touches a few routes out of many).
         """
         by_type: dict[str, dict[str, VersionedResource]] = {}
         for type_url, items in resources.items():
             type_url = str(type_url)
             named: dict[str, VersionedResource] = {}
             for i, item in enumerate(items):
+                key = None
+                if memo is not None and isinstance(item, dict):
+                    key = (type_url, json.dumps(item, separators=(",", ":")))
+                    hit = memo.get(key)
+                    if hit is not None:
+                        if hit.name in named:
+                            raise ValidationError(f"duplicate resource name {hit.name!r}",
+                                                  path=f"{res.full_type_name(type_url)}[{i}]")
+                        named[hit.name] = hit
+                        continue
                 packed = res.to_any(item, type_url)
                 if packed.type_url != type_url:
                     raise ValidationError(
@@ -72,7 +85,11 @@ class Snapshot:
                     raise ValidationError(f"duplicate resource name {name!r}",
                                           path=f"{res.full_type_name(type_url)}[{i}]")
                 named[name] = VersionedResource(name, res.resource_version(packed), packed)
+                if key is not None:
+                    memo.put(key, named[name])
             by_type[type_url] = named
+        if memo is not None:
+            memo.rotate()
         return cls(by_type, version)
 
     def resources(self, type_url: str) -> Mapping[str, VersionedResource]:
@@ -89,6 +106,34 @@ class Snapshot:
         counts = ", ".join(f"{res.full_type_name(t).rsplit('.', 1)[-1]}={len(r)}"
                            for t, r in self._by_type.items())
         return f"Snapshot(version={self.version}, {counts})"
+
+
+class PackMemo:
+    """(type URL, JSON text) → packed resource, across Snapshot.build calls of one owner.
+
+    Bounded: it keeps what the previous build and the current one used, nothing older.
+    """
+
+    __slots__ = ("_prev", "_cur")
+
+    def __init__(self) -> None:
+        self._prev: dict[tuple[str, str], VersionedResource] = {}
+        self._cur: dict[tuple[str, str], VersionedResource] = {}
+
+    def get(self, key: tuple[str, str]) -> VersionedResource | None:
+        hit = self._cur.get(key) or self._prev.get(key)
+        if hit is not None:
+            self._cur[key] = hit
+        return hit
+
+    def put(self, key: tuple[str, str], value: VersionedResource) -> None:
+        self._cur[key] = value
+
+    def rotate(self) -> None:
+        self._prev, self._cur = self._cur, {}
+
+    def __len__(self) -> int:
+        return len(self._prev) + len(self._cur)
 
 
 def _digest(items: Mapping[str, VersionedResource]) -> str:

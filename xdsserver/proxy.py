@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from xdsserver.als import AccessLogReceiver, L7Record
-from xdsserver.cache import Snapshot, SnapshotCache
+from xdsserver.cache import PackMemo, Snapshot, SnapshotCache
 from xdsserver.envoy import ALS_CLUSTER, EnvoyConfig, EnvoyError, EnvoyProcess, XdsMode
 from xdsserver.server import ResourceStatus, XdsServer
 from xdsserver.translate import PortPolicy, ProxyOptions, TranslateInput, translate
@@ -56,6 +56,7 @@ class L7Proxy:
         self.als = AccessLogReceiver(on_record or (lambda _r: None))
         self.envoy: EnvoyProcess | None = None
         self.start_error = ""
+        self._memo = PackMemo()
 
     async def start(self, require_envoy: bool = True) -> None:
         cfg = self.config
@@ -106,7 +107,7 @@ class L7Proxy:
         inp = TranslateInput(ports=tuple(ports),
                              ipcache={k: tuple(str(v) for v in vs) for k, vs in ipcache.items()},
                              options=opts)
-        return Snapshot.build(translate(inp).by_type())
+        return Snapshot.build(translate(inp).by_type(), memo=self._memo)
 
     def set(self, snapshot: Snapshot) -> None:
         self.cache.set_snapshot(self.config.node_id, snapshot)

@@ -7,6 +7,7 @@ Envoy protos are imported lazily so that modules the CLI imports stay cheap.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from enum import Enum
 from typing import TYPE_CHECKING, Any as AnyT, Mapping
@@ -77,6 +78,7 @@ def load_protos() -> None:
     _loaded = True
 
 
+@functools.lru_cache(maxsize=512)  # a pure lookup memo: type URL → generated class
 def message_class(type_url: str) -> type["Message"]:
     """The generated class for a type URL (after load_protos)."""
     load_protos()
@@ -120,37 +122,60 @@ _WRAPPERS = frozenset("google.protobuf." + n for n in (
     "DoubleValue", "FloatValue"))
 
 
-def _fill(msg: "Message", data: Mapping[str, AnyT]) -> None:
-    """proto3 JSON dict → message, for the JSON shapes Ostium generates (raises on anything else)."""
-    desc = msg.DESCRIPTOR
-    for key, value in data.items():
-        f = desc.fields_by_name.get(key) or desc.fields_by_camelcase_name[key]
+# Per message type: field name (and camelCase name) → (python name, kind, extra). Kinds: "map_msg",
+# "map", "rep_msg", "rep_enum", "rep", "msg", "enum", "scalar". A pure memo of descriptor facts.
+_PLANS: dict[str, dict[str, tuple]] = {}
+
+
+def _plan(desc) -> dict[str, tuple]:
+    plan = _PLANS.get(desc.full_name)
+    if plan is not None:
+        return plan
+    plan = {}
+    for f in desc.fields:
         mt = f.message_type
         if mt is not None and mt.GetOptions().map_entry:
-            target = getattr(msg, f.name)
-            if mt.fields_by_name["value"].message_type is not None:
-                for k, v in value.items():
-                    _set_message(target[k], v)
-            else:
-                for k, v in value.items():
-                    target[k] = v
+            kind = "map_msg" if mt.fields_by_name["value"].message_type is not None else "map"
         elif f.is_repeated:
-            target = getattr(msg, f.name)
-            if mt is not None:
-                for item in value:
-                    _set_message(target.add(), item)
-            elif f.enum_type is not None:
-                target.extend(_enum(f, x) for x in value)
-            else:
-                target.extend(value)
-        elif mt is not None:
-            _set_message(getattr(msg, f.name), value)
-        elif f.enum_type is not None:
-            setattr(msg, f.name, _enum(f, value))
+            kind = "rep_msg" if mt is not None else "rep_enum" if f.enum_type is not None else "rep"
         else:
+            kind = "msg" if mt is not None else "enum" if f.enum_type is not None else "scalar"
+        entry = (f.name, kind, f)
+        plan[f.name] = entry
+        plan[f.camelcase_name] = entry
+    _PLANS[desc.full_name] = plan
+    return plan
+
+
+def _fill(msg: "Message", data: Mapping[str, AnyT]) -> None:
+    """proto3 JSON dict → message, for the JSON shapes Ostium generates (raises on anything else)."""
+    plan = _plan(msg.DESCRIPTOR)
+    for key, value in data.items():
+        name, kind, f = plan[key]
+        if kind == "scalar":
             if isinstance(value, (dict, list)):
-                raise TypeError(f"{desc.full_name}.{f.name} is a scalar")
-            setattr(msg, f.name, value)
+                raise TypeError(f"{msg.DESCRIPTOR.full_name}.{name} is a scalar")
+            setattr(msg, name, value)
+        elif kind == "msg":
+            _set_message(getattr(msg, name), value)
+        elif kind == "rep_msg":
+            target = getattr(msg, name)
+            for item in value:
+                _set_message(target.add(), item)
+        elif kind == "enum":
+            setattr(msg, name, _enum(f, value))
+        elif kind == "map_msg":
+            target = getattr(msg, name)
+            for k, v in value.items():
+                _set_message(target[k], v)
+        elif kind == "map":
+            target = getattr(msg, name)
+            for k, v in value.items():
+                target[k] = v
+        elif kind == "rep_enum":
+            getattr(msg, name).extend(_enum(f, x) for x in value)
+        else:
+            getattr(msg, name).extend(value)
 
 
 def _enum(f, value: AnyT) -> int:
@@ -173,10 +198,11 @@ def _set_message(sub: "Message", value: AnyT) -> None:
                   "google.protobuf.Timestamp", "google.protobuf.FieldMask", "google.protobuf.Empty"):
         raise ValueError("left to json_format")
     else:
-        if not isinstance(value, Mapping):
+        if not isinstance(value, dict):
             raise TypeError(f"{name} needs an object")
         _fill(sub, value)
-        sub.SetInParent()  # an empty {} still means "set"
+        if not value:
+            sub.SetInParent()  # an empty {} still means "set"
 
 
 def full_type_name(type_url: str) -> str:

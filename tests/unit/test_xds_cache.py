@@ -56,3 +56,20 @@ async def test_set_snapshot_wakes_waiters_and_bumps_generation():
 def test_empty_node_id_is_refused():
     with pytest.raises(ValidationError, match="node id"):
         SnapshotCache().set_snapshot("", Snapshot.build({}))
+
+
+def test_pack_memo_reuses_unchanged_resources_and_stays_bounded():
+    from xdsserver.cache import PackMemo
+
+    memo = PackMemo()
+    a = Snapshot.build({CDS: [cluster("a"), cluster("b")]}, memo=memo)
+    b = Snapshot.build({CDS: [cluster("a"), cluster("b", "9s")]}, memo=memo)
+    assert b.resources(CDS)["a"] is a.resources(CDS)["a"]          # reused, not rebuilt
+    assert b.resources(CDS)["b"].version != a.resources(CDS)["b"].version
+    plain = Snapshot.build({CDS: [cluster("a"), cluster("b", "9s")]})
+    assert plain.version == b.version
+    for i in range(5):
+        Snapshot.build({CDS: [cluster(f"x{i}")]}, memo=memo)
+    assert len(memo) <= 2
+    with pytest.raises(ValidationError, match="duplicate"):
+        Snapshot.build({CDS: [cluster("x4"), cluster("x4")]}, memo=memo)

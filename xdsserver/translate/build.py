@@ -67,6 +67,7 @@ def translate(inp: TranslateInput) -> Resources:
                 f"({owner[key]} and {pp.proxy_port})", path=f"ports[{i}].proxy_port")
         by_proxy[pp.proxy_port][key].append(pp)
     upstream = STATIC_UPSTREAM_CLUSTER if opts.static_upstream else ORIGINAL_DST_CLUSTER
+    index = _IPCacheIndex(inp.ipcache)   # once per translation: routes share peer sets
     listeners, routes = [], []
     for proxy_port in sorted(by_proxy):
         chains = []
@@ -75,7 +76,7 @@ def translate(inp: TranslateInput) -> Resources:
             name = chain_name(direction, ip, port)
             chains.append(_filter_chain(name, ip, direction, port, pps[0].endpoint, opts))
             routes.append(_route_config(name, direction, [r for pp in pps for r in pp.rules],
-                                        inp.ipcache, upstream))
+                                        index, upstream))
         ipv6 = any(ipaddress.ip_address(ip).version == 6 for ip, _, _ in by_proxy[proxy_port])
         listeners.append(_listener(proxy_port, chains, opts, ipv6))
     return Resources(tuple(listeners), tuple(routes), (_upstream_cluster(opts),))
@@ -182,7 +183,7 @@ def _filter_chain(name: str, ip: str, direction: Direction, port: int, endpoint:
 
 
 def _route_config(name: str, direction: Direction, rules: list[PeerRule],
-                  ipcache: Mapping[int, Iterable[str]], upstream: str) -> dict[str, Any]:
+                  index: "_IPCacheIndex", upstream: str) -> dict[str, Any]:
     return {
         "name": name,
         "virtual_hosts": [{
@@ -192,7 +193,7 @@ def _route_config(name: str, direction: Direction, rules: list[PeerRule],
                         "route": {"cluster": upstream, "timeout": "0s"}}],
             "typed_per_filter_config": {RBAC_FILTER: {
                 "@type": RBAC_PER_ROUTE_TYPE,
-                "rbac": {"rules": rbac_rules(direction, rules, ipcache)}}},
+                "rbac": {"rules": rbac_rules(direction, rules, index)}}},
         }],
     }
 
@@ -230,10 +231,10 @@ _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def rbac_rules(direction: Direction, rules: Iterable[PeerRule],
-               ipcache: Mapping[int, Iterable[str]]) -> dict[str, Any]:
+               ipcache: "Mapping[int, Iterable[str]] | _IPCacheIndex") -> dict[str, Any]:
     """The RBAC `rules` (action ALLOW): one policy per peer rule. No policy → everything denied."""
     policies: dict[str, Any] = {}
-    index = _IPCacheIndex(ipcache)
+    index = ipcache if isinstance(ipcache, _IPCacheIndex) else _IPCacheIndex(ipcache)
     for i, peer in enumerate(rules):
         perms = [_http_permission(r) for r in peer.http] or [{"any": True}]
         if peer.identities is None:
@@ -274,18 +275,27 @@ class _IPCacheIndex:
                 net = ipaddress.ip_network(c, strict=False)
                 self.by_identity.setdefault(ident, []).append(net)
                 self.owner.setdefault(net, ident)
+        self._memo: dict[frozenset[int], list[tuple[_Net, list[_Net]]]] = {}
 
     def ranges(self, identities: frozenset[int]) -> list[tuple[_Net, list[_Net]]]:
+        hit = self._memo.get(identities)
+        if hit is None:
+            hit = self._memo[identities] = self._ranges(identities)
+        return hit
+
+    def _ranges(self, identities: frozenset[int]) -> list[tuple[_Net, list[_Net]]]:
         nets = {n for i in identities for n in self.by_identity.get(i, ())}
         if WORLD in identities:
             nets |= {ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")}
         out = []
         for net in sorted(nets, key=_net_key):
-            excl = [o for o, ident in self.owner.items()
-                    if ident not in identities and o.version == net.version
-                    and o.prefixlen > net.prefixlen and o.subnet_of(net)]  # type: ignore[arg-type]
-            # Keep only the outermost exclusions: one inside another adds nothing.
-            excl = [o for o in excl if not any(p != o and o.subnet_of(p) for p in excl)]  # type: ignore[arg-type]
+            excl: list[_Net] = []
+            if net.prefixlen < net.max_prefixlen:   # a host address contains nothing else
+                excl = [o for o, ident in self.owner.items()
+                        if ident not in identities and o.version == net.version
+                        and o.prefixlen > net.prefixlen and o.subnet_of(net)]  # type: ignore[arg-type]
+                # Keep only the outermost exclusions: one inside another adds nothing.
+                excl = [o for o in excl if not any(p != o and o.subnet_of(p) for p in excl)]  # type: ignore[arg-type]
             out.append((net, sorted(excl, key=_net_key)))
         return out
 
