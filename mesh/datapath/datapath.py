@@ -67,6 +67,14 @@ class StartReport:
 
 
 @dataclass(slots=True)
+class _FrontendState:
+    frontend: Frontend | None      # None: adopted from pinned maps, not yet re-synced
+    svc: dict[bytes, bytes]
+    be: dict[bytes, bytes]
+    bks: list
+
+
+@dataclass(slots=True)
 class _EndpointState:
     ep_id: int
     ifindex: int
@@ -95,7 +103,7 @@ class Datapath:
         self._rev_ids = lbmap.IdAllocator(limit=0xFFFF)
         self._backend_ids = lbmap.IdAllocator()
         self._frontends: list[Frontend] = []
-        self._plan_cache: dict = {}
+        self._fe: dict[lbmap.FrontendKey, _FrontendState] = {}
         self.map_full_errors: dict[str, int] = {}
         self._lock = threading.RLock()
         self._started = False
@@ -219,6 +227,10 @@ class Datapath:
         self._svc = {k: v for k, v in self._maps["ost_lb4_svc"].items()}
         self._backends = {k: v for k, v in self._maps["ost_lb4_backend"].items()}
         lbmap.adopt(self._svc, self._backends, self._rev_ids, self._backend_ids)
+        # The Frontend objects are not known after a restart: the first sync re-plans each
+        # frontend and writes only entries that differ.
+        self._fe = {fk: _FrontendState(None, svc, be, bks)
+                    for fk, (svc, be, bks) in lbmap.group_by_frontend(self._svc, self._backends).items()}
 
     def close(self) -> None:
         """Release this process's handles; everything pinned keeps working (agent restart)."""
@@ -395,29 +407,62 @@ class Datapath:
         return sum(len(e.policy) for e in self._endpoints.values())
 
     # ---- services ----
-    def sync_services(self, frontends: Iterable[Frontend]) -> dict[str, int]:
-        """Make the socket-LB maps equal to these frontends (the full set). Conflicting VIPs and
-        a full map are rejected before anything is written; a failure half-way is rolled back."""
+    def sync_services(self, frontends: Iterable[Frontend]) -> dict[str, Any]:
+        """Make the socket-LB maps equal to these frontends (the full set). Only frontends that
+        changed since the last call are planned and written, so the agent can call this on every
+        service or endpoint change. Conflicting VIPs and a full map are rejected before anything
+        is written; a failure half-way is rolled back."""
         self._require_started()
         frontends = list(frontends)
         with self._lock:
-            rev_ids = lbmap.IdAllocator(dict(self._rev_ids.ids), limit=0xFFFF)
-            rev_ids._free, rev_ids._next = list(self._rev_ids._free), self._rev_ids._next
-            be_ids = lbmap.IdAllocator(dict(self._backend_ids.ids))
-            be_ids._free, be_ids._next = list(self._backend_ids._free), self._backend_ids._next
             t0 = time.perf_counter()
-            cache = dict(self._plan_cache)
-            state = lbmap.plan(frontends, rev_ids, be_ids, self.config.max_slots_per_service, cache)
+            new = lbmap.index_frontends(frontends)
+            rev_ids, be_ids = self._rev_ids.copy(), self._backend_ids.copy()
+            svc_up: dict[bytes, bytes] = {}
+            be_up: dict[bytes, bytes] = {}
+            svc_del: list[bytes] = []
+            be_del: list[bytes] = []
+            new_fe: dict[lbmap.FrontendKey, _FrontendState] = {}
+            removed = [fk for fk in self._fe if fk not in new]
+            for fk in removed:
+                old = self._fe[fk]
+                svc_del.extend(old.svc)
+                be_del.extend(old.be)
+                rev_ids.release(fk)
+                for bk in old.bks:
+                    be_ids.release(bk)
+            for fk, f in new.items():
+                old = self._fe.get(fk)
+                if old is not None and old.frontend is not None and (old.frontend is f or old.frontend == f):
+                    continue
+                svc, be, bks = lbmap.plan_frontend(f, fk, rev_ids, be_ids, self.config.max_slots_per_service)
+                old_svc, old_be = (old.svc, old.be) if old else ({}, {})
+                svc_up.update((k, v) for k, v in svc.items() if old_svc.get(k) != v)
+                be_up.update((k, v) for k, v in be.items() if old_be.get(k) != v)
+                svc_del.extend(k for k in old_svc if k not in svc)
+                be_del.extend(k for k in old_be if k not in be)
+                if old:
+                    for bk in set(old.bks) - set(bks):
+                        be_ids.release(bk)
+                new_fe[fk] = _FrontendState(f, svc, be, bks)
             svc_map, be_map = self._maps["ost_lb4_svc"], self._maps["ost_lb4_backend"]
-            self._check_capacity(svc_map, len(state.services.keys() | self._svc.keys()),
-                                 len(state.services))
-            self._check_capacity(be_map, len(state.backends.keys() | self._backends.keys()),
-                                 len(state.backends))
-            svc_up = {k: v for k, v in state.services.items() if self._svc.get(k) != v}
-            be_up = {k: v for k, v in state.backends.items() if self._backends.get(k) != v}
-            svc_del = [k for k in self._svc if k not in state.services]
-            be_del = [k for k in self._backends if k not in state.backends]
+            svc_new = sum(1 for k in svc_up if k not in self._svc)
+            be_new = sum(1 for k in be_up if k not in self._backends)
+            self._check_capacity(svc_map, len(self._svc) + svc_new - len(svc_del))
+            self._check_capacity(be_map, len(self._backends) + be_new - len(be_del))
             t1 = time.perf_counter()
+            if (len(self._svc) + svc_new > svc_map.info.max_entries
+                    or len(self._backends) + be_new > be_map.info.max_entries):
+                # Room is only there once removed services are gone: remove them first.
+                gone_svc = [k for fk in removed for k in self._fe[fk].svc]
+                gone_svc.sort(key=lambda k: k[8:10] != b"\0\0")
+                svc_map.delete_many(gone_svc)
+                be_map.delete_many([k for fk in removed for k in self._fe[fk].be])
+                for k in gone_svc:
+                    self._svc.pop(k, None)
+                for fk in removed:
+                    for k in self._fe[fk].be:
+                        self._backends.pop(k, None)
             # Backends before the slots naming them, slots before the master entry counting them.
             self._apply(be_map, be_up, [], self._backends)
             slots = {k: v for k, v in svc_up.items() if k[8:10] != b"\0\0"}
@@ -432,18 +477,26 @@ class Datapath:
                             [k for k in be_up if k not in self._backends], {})
                 raise
             # Removal in the reverse order: master entries first, so no lookup finds a hole.
+            svc_del = [k for k in svc_del if k in self._svc]
             svc_del.sort(key=lambda k: k[8:10] != b"\0\0")
             svc_map.delete_many(svc_del)
+            be_del = [k for k in be_del if k in self._backends]
             be_map.delete_many(be_del)
             t2 = time.perf_counter()
-            self._svc = dict(state.services)
-            self._backends = dict(state.backends)
+            self._svc.update(svc_up)
+            for k in svc_del:
+                self._svc.pop(k, None)
+            self._backends.update(be_up)
+            for k in be_del:
+                self._backends.pop(k, None)
+            for fk in removed:
+                del self._fe[fk]
+            self._fe.update(new_fe)
             self._rev_ids, self._backend_ids = rev_ids, be_ids
-            self._plan_cache = cache
             self._frontends = frontends
-            return {"frontends": len(frontends), "service_entries": len(state.services),
-                    "backends": len(state.backends), "written": len(svc_up) + len(be_up),
-                    "deleted": len(svc_del) + len(be_del),
+            return {"frontends": len(frontends), "changed": len(new_fe), "removed": len(removed),
+                    "service_entries": len(self._svc), "backends": len(self._backends),
+                    "written": len(svc_up) + len(be_up), "deleted": len(svc_del) + len(be_del),
                     "plan_ms": round((t1 - t0) * 1000, 2), "write_ms": round((t2 - t1) * 1000, 2)}
 
     def frontends(self) -> list[Frontend]:

@@ -59,6 +59,14 @@ class IdAllocator:
         self.ids[key] = value
         self._next = max(self._next, value + 1)
 
+    def release(self, key) -> None:
+        got = self.ids.pop(key, None)
+        if got is not None:
+            self._free.append(got)
+
+    def copy(self) -> "IdAllocator":
+        return IdAllocator(dict(self.ids), self.limit, list(self._free), self._next)
+
     def retain(self, keep: set) -> None:
         for k in [k for k in self.ids if k not in keep]:
             self._free.append(self.ids.pop(k))
@@ -87,76 +95,85 @@ _BE_VAL = struct.Struct(Lb4Backend.FMT)
 _PORT = struct.Struct("!H")
 
 
-def plan(frontends: Iterable[Frontend], rev_ids: IdAllocator, backend_ids: IdAllocator,
-         max_slots: int = 256, cache: dict | None = None) -> LbState:
-    """Compute the full contents of ost_lb4_svc and ost_lb4_backend for these frontends.
-    Allocators are updated in place (ids of vanished frontends/backends are released).
+def plan_frontend(f: Frontend, fk: FrontendKey, rev_ids: IdAllocator, backend_ids: IdAllocator,
+                  max_slots: int = 256) -> tuple[dict[bytes, bytes], dict[bytes, bytes], list[BackendKey]]:
+    """One frontend's entries: (ost_lb4_svc entries, ost_lb4_backend entries, backend keys).
+    Packs bytes directly (the layouts of the bpf.maps codecs, which the tests compare)."""
+    rev = rev_ids.ids.get(fk) or rev_ids.get(fk)
+    vip, vport, proto = socket.inet_aton(f.vip), _PORT.pack(f.port), fk[2]
+    weights = [b.weight for b in f.backends]
+    slots_per = weights if all(w == 1 for w in weights) else slot_weights(weights, max_slots)
+    svc: dict[bytes, bytes] = {}
+    be: dict[bytes, bytes] = {}
+    bks: list[BackendKey] = []
+    slot = 0
+    be_ids = backend_ids.ids
+    for b, n in zip(f.backends, slots_per):
+        if n == 0:
+            continue
+        bk = (fk, b.ip, b.port)
+        bid = be_ids.get(bk) or backend_ids.get(bk)
+        bks.append(bk)
+        be[_BE_KEY.pack(bid)] = _BE_VAL.pack(socket.inet_aton(b.ip), _PORT.pack(b.port), proto, 0)
+        sval = _SVC_VAL.pack(bid, 0, 0, 0, 0)
+        for _ in range(n):
+            slot += 1
+            svc[_SVC_KEY.pack(vip, vport, proto, 0, slot, 0)] = sval
+    flags = SVC_FLAG_AFFINITY if f.affinity_timeout > 0 else 0
+    svc[_SVC_KEY.pack(vip, vport, proto, 0, 0, 0)] = _SVC_VAL.pack(0, slot, flags, rev, f.affinity_timeout)
+    return svc, be, bks
 
-    `cache` (Frontend -> its packed entries) makes a re-sync cost only what changed: the agent
-    re-syncs the full set whenever one service changes. The hot loop packs bytes directly (same
-    layouts as the bpf.maps codecs, which the tests compare)."""
-    services: dict[bytes, bytes] = {}
-    backends: dict[bytes, bytes] = {}
-    owners: dict[FrontendKey, str] = {}
-    keep_rev: set = set()
-    keep_be: set = set()
-    aton = socket.inet_aton
-    svc_key, svc_val, be_key, be_val = _SVC_KEY.pack, _SVC_VAL.pack, _BE_KEY.pack, _BE_VAL.pack
-    port_pack = _PORT.pack
-    rev_map, be_map = rev_ids.ids, backend_ids.ids
-    new_cache: dict = {}
+
+def index_frontends(frontends: Iterable[Frontend]) -> dict[FrontendKey, Frontend]:
+    """Frontends by key; two services on one VIP:port/protocol is a ConflictError."""
+    out: dict[FrontendKey, Frontend] = {}
     for f in frontends:
-        proto = PROTOCOL_NUMBERS.get(f.protocol)
-        if proto is None:
-            raise DatapathError(f"frontend {f.vip}:{f.port}: unknown protocol {f.protocol!r}")
-        fk = (f.vip, f.port, proto)
-        if fk in owners:
+        fk = frontend_key(f)
+        other = out.get(fk)
+        if other is not None:
             raise ConflictError(
                 f"service {f.service or '?'}: {f.vip}:{f.port}/{f.protocol} is already the frontend of "
-                f"service {owners[fk] or '?'}")
-        owners[fk] = f.service
-        keep_rev.add(fk)
-        hit = cache.get(f) if cache is not None else None
-        if hit is not None:
-            svc_items, be_items, bks = hit
-            services.update(svc_items)
-            backends.update(be_items)
-            keep_be.update(bks)
-            new_cache[f] = hit
-            continue
-        rev = rev_map.get(fk) or rev_ids.get(fk)
-        vip, vport = aton(f.vip), port_pack(f.port)
-        weights = [b.weight for b in f.backends]
-        slots_per = weights if all(w == 1 for w in weights) else slot_weights(weights, max_slots)
-        slot = 0
-        svc_items: list[tuple[bytes, bytes]] = []
-        be_items: list[tuple[bytes, bytes]] = []
-        bks: list = []
-        for b, n in zip(f.backends, slots_per):
-            if n == 0:
-                continue
-            bk = (fk, b.ip, b.port)
-            bid = be_map.get(bk) or backend_ids.get(bk)
-            bks.append(bk)
-            be_items.append((be_key(bid), be_val(aton(b.ip), port_pack(b.port), proto, 0)))
-            sval = svc_val(bid, 0, 0, 0, 0)
-            for _ in range(n):
-                slot += 1
-                svc_items.append((svc_key(vip, vport, proto, 0, slot, 0), sval))
-        flags = SVC_FLAG_AFFINITY if f.affinity_timeout > 0 else 0
-        svc_items.append((svc_key(vip, vport, proto, 0, 0, 0), svc_val(0, slot, flags, rev, f.affinity_timeout)))
-        services.update(svc_items)
-        backends.update(be_items)
+                f"service {other.service or '?'}")
+        out[fk] = f
+    return out
+
+
+def plan(frontends: Iterable[Frontend], rev_ids: IdAllocator, backend_ids: IdAllocator,
+         max_slots: int = 256) -> LbState:
+    """The full contents of ost_lb4_svc and ost_lb4_backend for these frontends. Allocators are
+    updated in place (ids of vanished frontends/backends are released)."""
+    services: dict[bytes, bytes] = {}
+    backends: dict[bytes, bytes] = {}
+    keep_be: set = set()
+    indexed = index_frontends(frontends)
+    for fk, f in indexed.items():
+        svc, be, bks = plan_frontend(f, fk, rev_ids, backend_ids, max_slots)
+        services.update(svc)
+        backends.update(be)
         keep_be.update(bks)
-        new_cache[f] = (svc_items, be_items, bks)
-    if len(keep_rev) != len(rev_map):
-        rev_ids.retain(keep_rev)
-    if len(keep_be) != len(be_map):
-        backend_ids.retain(keep_be)
-    if cache is not None:
-        cache.clear()
-        cache.update(new_cache)
+    rev_ids.retain(set(indexed))
+    backend_ids.retain(keep_be)
     return LbState(services, backends)
+
+
+def group_by_frontend(services: dict[bytes, bytes], backends: dict[bytes, bytes]
+                      ) -> dict[FrontendKey, tuple[dict[bytes, bytes], dict[bytes, bytes], list[BackendKey]]]:
+    """Pinned map contents regrouped per frontend (agent restart), like plan_frontend's output."""
+    out: dict[FrontendKey, tuple[dict[bytes, bytes], dict[bytes, bytes], list[BackendKey]]] = {}
+    for k, v in services.items():
+        key = Lb4Key.unpack(k)
+        fk = (key.address, key.port, key.proto)
+        svc, be, bks = out.setdefault(fk, ({}, {}, []))
+        svc[k] = v
+        if key.slot:
+            bid = Lb4Service.unpack(v).backend_id
+            bkey = BackendId(bid).pack()
+            raw = backends.get(bkey)
+            if raw is not None and bkey not in be:
+                be[bkey] = raw
+                b = Lb4Backend.unpack(raw)
+                bks.append((fk, b.address, b.port))
+    return out
 
 def adopt(services: dict[bytes, bytes], backends: dict[bytes, bytes], rev_ids: IdAllocator,
           backend_ids: IdAllocator) -> None:
