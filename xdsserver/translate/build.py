@@ -15,6 +15,7 @@ Envoy is not touched.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ def translate(inp: TranslateInput) -> Resources:
     owner: dict[tuple[str, Direction, int], int] = {}
     for i, pp in enumerate(inp.ports):
         _check_port_policy(pp, f"ports[{i}]")
-        key = (str(ipaddress.ip_address(pp.endpoint_ip)), pp.direction, pp.port)
+        key = (str(_ip(pp.endpoint_ip)), pp.direction, pp.port)
         if owner.setdefault(key, pp.proxy_port) != pp.proxy_port:
             raise ValidationError(
                 f"{key[1].value} {key[0]}:{key[2]} is redirected to two proxy ports "
@@ -77,7 +78,7 @@ def translate(inp: TranslateInput) -> Resources:
             chains.append(_filter_chain(name, ip, direction, port, pps[0].endpoint, opts))
             routes.append(_route_config(name, direction, [r for pp in pps for r in pp.rules],
                                         index, upstream))
-        ipv6 = any(ipaddress.ip_address(ip).version == 6 for ip, _, _ in by_proxy[proxy_port])
+        ipv6 = any(_ip(ip).version == 6 for ip, _, _ in by_proxy[proxy_port])
         listeners.append(_listener(proxy_port, chains, opts, ipv6))
     return Resources(tuple(listeners), tuple(routes), (_upstream_cluster(opts),))
 
@@ -93,12 +94,12 @@ def listener_name(proxy_port: int) -> str:
 
 def _chain_sort_key(key: tuple[str, Direction, int]) -> tuple:
     ip, direction, port = key
-    return (direction.value, ipaddress.ip_address(ip).version, int(ipaddress.ip_address(ip)), port)
+    return (direction.value, _ip(ip).version, int(_ip(ip)), port)
 
 
 def _check_port_policy(pp: PortPolicy, path: str) -> None:
     try:
-        ipaddress.ip_address(pp.endpoint_ip)
+        _ip(pp.endpoint_ip)
     except ValueError:
         raise ValidationError(f"{pp.endpoint_ip!r} is not an IP address",
                               path=f"{path}.endpoint_ip") from None
@@ -129,14 +130,14 @@ def _listener(proxy_port: int, chains: list[dict[str, Any]], opts: ProxyOptions,
         "filter_chains": chains,
         "traffic_direction": "UNSPECIFIED",
     }
-    if ipv6 and ipaddress.ip_address(opts.listener_address).version == 4:
+    if ipv6 and _ip(opts.listener_address).version == 4:
         listener["additional_addresses"] = [{"address": {"socket_address": {
             "address": opts.listener_address_v6, "port_value": proxy_port}}}]
     return listener
 
 
 def _host_prefix(ip: str) -> dict[str, Any]:
-    addr = ipaddress.ip_address(ip)
+    addr = _ip(ip)
     return {"address_prefix": str(addr), "prefix_len": addr.max_prefixlen}
 
 
@@ -226,6 +227,16 @@ def _access_log(opts: ProxyOptions, name: str, direction: Direction, ip: str, po
 # ---- RBAC ------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=65536)   # pure parse memo: the same addresses recur in every translation
+def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(value)
+
+
+@functools.lru_cache(maxsize=65536)
+def _net(value: "str | _Net") -> "_Net":
+    return ipaddress.ip_network(value, strict=False)
+
+
 WORLD = 2  # reserved identity: every address no ipcache prefix claims (mesh.identity.labels)
 _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -272,7 +283,7 @@ class _IPCacheIndex:
         self.owner: dict[_Net, int] = {}
         for ident in sorted(ipcache):
             for c in ipcache[ident]:
-                net = ipaddress.ip_network(c, strict=False)
+                net = _net(c)
                 self.by_identity.setdefault(ident, []).append(net)
                 self.owner.setdefault(net, ident)
         self._memo: dict[frozenset[int], list[tuple[_Net, list[_Net]]]] = {}
