@@ -3,7 +3,6 @@ the current snapshot), give up after repeated failed starts, clear errors, clean
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -111,7 +110,6 @@ async def test_missing_binary_is_a_clear_error(tmp_path):
 
 async def test_envoy_failing_to_start_reports_its_log(tmp_path):
     admin = free_port()
-    cache = SnapshotCache()
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", admin))
         blocker.listen()
@@ -126,7 +124,6 @@ async def test_envoy_failing_to_start_reports_its_log(tmp_path):
     assert str(tmp_path / "envoy.log") in msg
     assert str(admin) in msg
     assert env.state().state is EnvoyState.STOPPED
-    del cache
 
 
 async def test_ready_times_out_with_a_hint_when_no_xds_server_answers(tmp_path):
@@ -142,8 +139,7 @@ async def test_ready_times_out_with_a_hint_when_no_xds_server_answers(tmp_path):
 
 def test_find_binary_from_the_wheel():
     path = find_envoy_binary()
-    assert os.access(path, os.X_OK)
-    assert json.dumps(path)
+    assert os.access(path, os.X_OK) and path.endswith("envoy")
 
 
 async def test_a_restarted_agent_adopts_the_running_envoy(tmp_path):
