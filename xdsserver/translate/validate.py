@@ -17,8 +17,10 @@ def check_regex(value: str, path: str) -> None:
     """RE2 syntax (the engine Envoy uses) and Envoy's program-size limit."""
     import re2  # google-re2: the same library Envoy links
 
+    opts = re2.Options()
+    opts.log_errors = False   # reported with the field path instead of printed on stderr
     try:
-        compiled = re2.compile(value)
+        compiled = re2.compile(value, options=opts)
     except re2.error as exc:
         reason = exc.args[0] if exc.args else exc
         if isinstance(reason, bytes):
