@@ -144,3 +144,24 @@ def status_rows(status: dict) -> list[dict]:
                          "state": r["state"], "version_acked": r["version_acked"],
                          "version_sent": r["version_sent"], "nack_message": r["nack_message"]})
     return rows
+
+
+async def handle_proxy_status(proxy: L7Proxy | None, params: Mapping[str, str] | None = None) -> dict:
+    """Agent API handler for `GET /v1/proxy/status` (what `ostium status` shows for L7).
+
+    Returns `L7Proxy.status()`; with `?node=ID` only that node's resources; with `?nacked=1` only
+    resources Envoy rejected. Without an L7 proxy (disabled in config): {"envoy": {"state":
+    "disabled"}}.
+    """
+    if proxy is None:
+        return {"envoy": {"state": "disabled"}, "xds": {"nodes": []}}
+    status = proxy.status()
+    params = params or {}
+    nodes = status["xds"]["nodes"]
+    if params.get("node"):
+        nodes = [n for n in nodes if n["node_id"] == params["node"]]
+    if params.get("nacked") in ("1", "true", "yes"):
+        nodes = [dict(n, resources=[r for r in n["resources"] if r["state"] == "nacked"])
+                 for n in nodes]
+    status["xds"]["nodes"] = nodes
+    return status

@@ -6,7 +6,8 @@ import pytest
 
 from mesh.errors import ValidationError
 from xdsserver.envoy import EnvoyError
-from xdsserver.proxy import STATUS_COLUMNS, L7Proxy, ProxyConfig, status_rows
+from xdsserver.proxy import (STATUS_COLUMNS, L7Proxy, ProxyConfig, handle_proxy_status,
+                             status_rows)
 from xdsserver.translate import Direction, HTTPRule, PeerRule, PortPolicy, ProxyOptions
 from xdsserver.testing import curl, free_port, http_backend, wait_port_open
 
@@ -42,6 +43,9 @@ async def test_apply_status_and_records(tmp_path):
             rows = status_rows(st)
             assert {r["type"] for r in rows} == {"Cluster", "Listener", "RouteConfiguration"}
             assert all(set(r) == set(STATUS_COLUMNS) and r["state"] == "acked" for r in rows)
+            api = await handle_proxy_status(proxy, {"nacked": "1"})
+            assert api["xds"]["nodes"][0]["resources"] == []
+            assert (await handle_proxy_status(None))["envoy"]["state"] == "disabled"
         finally:
             await proxy.stop()
         assert proxy.status()["envoy"]["state"] == "stopped"
