@@ -401,11 +401,13 @@ class _Stream:
         removed, names = st.pending_removed, st.pending_names
         st.pending_nonce, st.pending_removed, st.pending_names = "", (), ()
         isolating: frozenset[str] = frozenset()
-        if (error and self.kind is StreamKind.DELTA and len(names) > 1
-                and not any(n in error for n in names)):
-            # Envoy's message does not say which resource failed (RDS errors name none). Envoy
-            # applied the others; resend each once, alone, so its own ACK/NACK tells. Bounded:
-            # every suspect is resent exactly once.
+        # SotW may send a subset only for named types (RDS/EDS: an absent resource is unchanged;
+        # for LDS/CDS it would be a deletion).
+        can_isolate = self.kind is StreamKind.DELTA or t not in res.WILDCARD_TYPES
+        if error and can_isolate and len(names) > 1 and not any(n in error for n in names):
+            # Envoy's message does not say which resource failed (RDS errors name none), and it
+            # may or may not have applied the others. Resend each once, alone, so its own
+            # ACK/NACK tells. Bounded: every suspect is resent exactly once.
             isolating = frozenset(names)
             st.suspects = sorted(names)
             for n in names:
@@ -511,6 +513,17 @@ class _Stream:
         if snap is None:
             return  # an empty SotW response would delete everything Envoy has
         wanted = self._wanted(snap, t, st)
+        while st.suspects and st.suspects[0] not in wanted:
+            st.suspects.pop(0)
+        if st.suspects:
+            vr = wanted[st.suspects.pop(0)]
+            nonce = self.srv._new_nonce()
+            resp = discovery_pb2.DiscoveryResponse(
+                version_info=f"{st.sent_version}-{vr.version}", type_url=t, nonce=nonce,
+                resources=[vr.resource])
+            self._mark_pending(t, st, nonce, [vr], ())
+            await self.ctx.write(resp)
+            return
         version = snap.type_version(t) if st.wildcard else _subset_version(wanted)
         if st.responded and version == st.sent_version and frozenset(wanted) == st.sent_names:
             return

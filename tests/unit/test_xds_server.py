@@ -258,6 +258,35 @@ async def test_sotw_nack_is_not_repushed(xds):
     call.cancel()
 
 
+async def test_sotw_routes_nack_is_isolated_with_single_route_responses(xds):
+    from envoy.config.route.v3 import route_pb2
+    cache, server, ch = xds
+    cache.set_snapshot(NODE, snap(routes=[route("r1"), route("r2")]))
+    call = stub(ch).StreamAggregatedResources()
+    await call.write(sreq(RDS, names=["r1", "r2"]))
+    resp = await read(call)
+    assert len(resp.resources) == 2
+    await call.write(sreq(RDS, names=["r1", "r2"], nonce=resp.nonce, error="bad regex"))
+
+    def route_names(r):
+        out = []
+        for a in r.resources:
+            m = route_pb2.RouteConfiguration()
+            a.Unpack(m)
+            out.append(m.name)
+        return out
+
+    one = await read(call)
+    assert route_names(one) == ["r1"]
+    await call.write(sreq(RDS, names=["r1", "r2"], version=one.version_info, nonce=one.nonce))
+    two = await read(call)
+    assert route_names(two) == ["r2"]
+    await call.write(sreq(RDS, names=["r1", "r2"], nonce=two.nonce, error="bad regex"))
+    nacked = await server.wait_applied(NODE, cache.get_snapshot(NODE))
+    assert [n.name for n in nacked] == ["r2"]
+    call.cancel()
+
+
 def names_sotw(resp) -> list[str]:
     from envoy.config.cluster.v3 import cluster_pb2
     out = []
