@@ -89,10 +89,18 @@ class Subscription:
             out.append(q.popleft())
         return out
 
-    async def wait(self) -> None:
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Until something is queued (True) or `timeout` seconds pass idle (False)."""
         while not self.queue and not self._unreported and not self.closed:
             self._wake.clear()
-            await self._wake.wait()
+            if timeout is None:
+                await self._wake.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except asyncio.TimeoutError:
+                    return False
+        return True
 
 
 class JsonlExporter:
@@ -339,9 +347,12 @@ class Observer:
         return len(self._subs)
 
     async def follow(self, match: Callable[[Flow], bool] | None = None, last: int = 0,
-                     since: float | None = None, queue_size: int | None = None
-                     ) -> AsyncIterator[Flow | LostEvents]:
-        """History (the newest `last` matching flows, or since a time) then live flows."""
+                     since: float | None = None, queue_size: int | None = None,
+                     heartbeat: float | None = None) -> AsyncIterator[Flow | LostEvents | None]:
+        """History (the newest `last` matching flows, or since a time) then live flows.
+
+        With `heartbeat`, yields None after that many idle seconds, so a server can notice a
+        client that went away while nothing was flowing."""
         sub = self.subscribe(queue_size)
         try:
             first_live = self.seen
@@ -350,7 +361,9 @@ class Observer:
                 for flow in history:
                     yield flow
             while not sub.closed:
-                await sub.wait()
+                if not await sub.wait(heartbeat):
+                    yield None
+                    continue
                 for item in sub.pop_ready():
                     if isinstance(item, LostEvents):
                         yield item

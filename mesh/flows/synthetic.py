@@ -1,0 +1,148 @@
+"""Synthetic flows for demos, tests and benchmarks: the Star Wars scenario as the sources would
+report it (raw datapath records, Envoy access-log-like records, Kafka proxy records), and a helper
+that serves an aiohttp app from a background thread (for blocking clients: browsers, Prometheus).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, Mapping
+
+from mesh.flows.model import Enricher
+from mesh.flows.observer import _RAW, Observer
+
+# identity → (namespace, pod, ip, labels)
+PODS: dict[int, tuple[str, str, str, dict[str, str]]] = {
+    256: ("default", "deathstar-6fb5694d-q2x7z", "10.200.0.10", {"app": "deathstar", "org": "empire"}),
+    257: ("default", "xwing-7d9f8b6c4-abcde", "10.200.0.11", {"app": "xwing", "org": "alliance"}),
+    258: ("default", "tiefighter-5d8c7f9b6-fghij", "10.200.0.12", {"app": "tiefighter", "org": "empire"}),
+    259: ("kafka", "kafka-0", "10.200.0.20", {"app": "kafka"}),
+    260: ("kafka", "empire-hq-7b9d-klmno", "10.200.0.21", {"app": "empire-hq"}),
+    261: ("kafka", "outpost-8-pqrst", "10.200.0.22", {"app": "outpost"}),
+}
+BY_IP = {ip: (ns, pod, labels) for _id, (ns, pod, ip, labels) in PODS.items()}
+IPCACHE = {ip: ident for ident, (_ns, _pod, ip, _l) in PODS.items()}
+
+
+def enricher(node_name: str = "node-1") -> Enricher:
+    def identity_labels(ident: int) -> Mapping[str, str] | None:
+        p = PODS.get(ident)
+        return {**p[3], "io.kubernetes.pod.namespace": p[0]} if p else None
+
+    return Enricher(identity_labels=identity_labels, endpoint_by_ip=BY_IP.get, identity_by_ip=IPCACHE.get,
+                    service_by_ip_port=lambda ip, port: ("default", "deathstar")
+                    if (ip, port) == ("10.200.0.10", 80) else None,
+                    node_name=node_name)
+
+
+def raw_event(src: int, dst: int, dport: int, *, drop: bool = False, sport: int = 40000, proto: int = 6,
+              flags: int = 0x02, ingress: bool = True, reason: int | None = None, ts_ns: int | None = None,
+              src_ip: str | None = None) -> bytes:
+    """A struct trace_event record as the BPF ring buffer delivers it."""
+    sip = src_ip or (PODS[src][2] if src in PODS else "192.0.2.1")
+    dip = PODS[dst][2] if dst in PODS else "192.0.2.2"
+    return _RAW.pack(ts_ns if ts_ns is not None else time.monotonic_ns(), 2 if drop else 1,
+                     reason if reason is not None else (11 if drop else 1), 0 if ingress else 1, proto, 3, 0,
+                     src, dst, socket.inet_aton(sip), socket.inet_aton(dip), socket.htons(sport),
+                     socket.htons(dport), 9, 3 if drop else 1, flags, 0, 60)
+
+
+def http_record(src: int, dst: int, method: str, path: str, code: int, denied: bool = False,
+                duration_ms: float = 2.0) -> SimpleNamespace:
+    return SimpleNamespace(time=time.time(), source_ip=PODS[src][2], source_port=41000,
+                           destination_ip=PODS[dst][2], destination_port=80, method=method,
+                           authority="deathstar.default.svc.cluster.local", path=path, protocol="HTTP/1.1",
+                           response_code=code, rbac_denied=denied, duration_ms=duration_ms, grpc_status=None,
+                           tags={"ostium.direction": "ingress"}, node_id="node-1")
+
+
+def kafka_record(src: int, api: str, topic: str, allowed: bool) -> dict[str, Any]:
+    return {"api_key": api, "api_version": 9 if api == "produce" else 13, "topics": [topic],
+            "client_id": PODS[src][3]["app"], "verdict": "allowed" if allowed else "denied",
+            "latency_ms": 1.5, "src": (PODS[src][2], 50000), "dst": (PODS[259][2], 9092), "correlation_id": 1}
+
+
+def star_wars(obs: Observer, repeat: int = 1) -> None:
+    """Allowed and denied traffic of the Star Wars and Kafka demos, into `obs`."""
+    for i in range(repeat):
+        obs.ingest_datapath_raw(raw_event(258, 256, 80, sport=40000 + i))           # tiefighter → deathstar
+        obs.ingest_http_record(http_record(258, 256, "POST", "/v1/request-landing", 200))
+        obs.ingest_datapath_raw(raw_event(257, 256, 80, sport=41000 + i))           # xwing → deathstar
+        obs.ingest_http_record(http_record(257, 256, "POST", "/v1/request-landing", 200))
+        obs.ingest_http_record(http_record(257, 256, "PUT", "/v1/exhaust-port", 403, denied=True))
+        obs.ingest_datapath_raw(raw_event(257, 256, 22, drop=True, sport=42000 + i))  # xwing → ssh: dropped
+        obs.ingest_kafka_record(kafka_record(260, "produce", "empire-announce", True))
+        obs.ingest_kafka_record(kafka_record(261, "produce", "empire-announce", False))
+        obs.ingest_kafka_record(kafka_record(261, "fetch", "deathstar-plans", True))
+        obs.ingest_datapath_raw(raw_event(2, 257, 53, proto=17, flags=0, sport=5353))  # world → xwing udp
+
+
+@dataclass
+class ThreadedApp:
+    """Serve an aiohttp Application on 127.0.0.1 from a thread with its own event loop."""
+
+    app: Any
+    host: str = "127.0.0.1"
+    port: int = 0
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    _thread: threading.Thread | None = None
+    _runner: Any = None
+
+    def start(self) -> str:
+        from aiohttp import web
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        async def setup() -> None:
+            self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.host, self.port)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.loop.run_until_complete(setup())
+            except BaseException as exc:  # surfaced to the caller below
+                errors.append(exc)
+                ready.set()
+                return
+            ready.set()
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="flows-http", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if errors:
+            raise errors[0]
+        return f"http://{self.host}:{self.port}"
+
+    def call(self, fn, *args) -> Any:
+        """Run fn(*args) on the server's loop thread (the observer is not thread-safe)."""
+        done = threading.Event()
+        out: list[Any] = []
+
+        def wrapper() -> None:
+            try:
+                out.append(fn(*args))
+            finally:
+                done.set()
+
+        self.loop.call_soon_threadsafe(wrapper)
+        if not done.wait(10):
+            raise TimeoutError("server loop did not run the call")
+        return out[0] if out else None
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        self.loop.close()
