@@ -221,7 +221,8 @@ def _request_from(api_key: int, api_version: int, correlation_id: int, client_id
         if role == "topic":
             topics.append(value)
         elif role == "topic_id":
-            topic_ids.append(value)
+            if value != _ZERO_ID:  # Kafka's ZERO_UUID: "no ID, the name is used" (Metadata v10+)
+                topic_ids.append(value)
         elif role == "group":
             groups.append(value)
         elif role == "txn":

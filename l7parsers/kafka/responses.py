@@ -197,6 +197,8 @@ class _Ctx:
         return _Ctx(self.request, self.req, self.top_code, array)
 
     def element_code(self, struct: Any) -> int:
+        if self.req is None:
+            return self.top_code
         return element_error(self.req, self.array)
 
 
@@ -222,3 +224,34 @@ def denied_response(req: Request, *, top_code: int | None = None) -> bytes | Non
     if req.api_key == 18:
         return msg.encode(header=True, framed=True)
     return msg.encode(header=True, framed=True)
+
+
+def metadata_request_without(req: Request, denied: frozenset[str], name_of_id: Any = None) -> bytes:
+    """The Metadata request re-encoded without the denied topics (an empty list, never null: null means
+    "all topics")."""
+    cls = message_class(3, "request")
+    body = cls.decode(req.body, version=req.api_version)
+
+    def name(t: Any) -> str | None:
+        if t.name is not None:
+            return t.name
+        topic_id = getattr(t, "topic_id", None)
+        return name_of_id(topic_id.bytes) if topic_id is not None and name_of_id else None
+    body.topics = [t for t in (body.topics or []) if name(t) not in denied]
+    body.with_header(correlation_id=req.correlation_id, client_id=req.client_id)
+    return body.encode(header=True, framed=True)
+
+
+def metadata_response_with_denied(frame: bytes, version: int, denied: tuple[str, ...]) -> bytes:
+    """The broker's Metadata response plus a TOPIC_AUTHORIZATION_FAILED entry per denied topic."""
+    cls = message_class(3, "response")
+    resp = cls.decode(frame, version=version, header=True, framed=True)
+    topic_field = cls._struct.fields["topics"]
+    elem_struct = topic_field.array_of
+    for t in denied:
+        elem = _build(elem_struct, _Scalar(), version, {}, _Ctx(None, None, apis.TOPIC_AUTHORIZATION_FAILED))
+        elem.error_code = apis.TOPIC_AUTHORIZATION_FAILED
+        elem.name = t
+        resp.topics.append(elem)
+    resp.with_header(correlation_id=resp.header.correlation_id)
+    return resp.encode(header=True, framed=True)
