@@ -89,6 +89,7 @@ class ThreadedApp:
     app: Any
     host: str = "127.0.0.1"
     port: int = 0
+    unix_path: str | None = None        # serve on this unix socket instead of TCP
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     _thread: threading.Thread | None = None
     _runner: Any = None
@@ -101,6 +102,9 @@ class ThreadedApp:
         async def setup() -> None:
             self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
             await self._runner.setup()
+            if self.unix_path:
+                await web.UnixSite(self._runner, self.unix_path).start()
+                return
             site = web.TCPSite(self._runner, self.host, self.port)
             await site.start()
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
@@ -121,6 +125,8 @@ class ThreadedApp:
         ready.wait(10)
         if errors:
             raise errors[0]
+        if self.unix_path:
+            return self.unix_path
         return f"http://{self.host}:{self.port}"
 
     def call(self, fn, *args) -> Any:
