@@ -87,6 +87,9 @@ class LibBPF:
             "bpf_map__set_pin_path": (ci, [vp, cp]),
             "bpf_map__set_max_entries": (ci, [vp, u32]),
             "bpf_map__max_entries": (u32, [vp]),
+            "bpf_map__type": (ci, [vp]),
+            "bpf_map__key_size": (u32, [vp]),
+            "bpf_map__value_size": (u32, [vp]),
             "bpf_map__fd": (ci, [vp]),
             "bpf_program__fd": (ci, [vp]),
             "bpf_program__attach_cgroup": (vp, [vp, ci]),
@@ -305,7 +308,9 @@ class BPFObject:
             if max_entries and name in max_entries:
                 bpf.lib.bpf_map__set_max_entries(m, max_entries[name])
             pin = os.path.join(map_pin_dir, name)
-            _drop_incompatible_pin(bpf, pin, bpf.lib.bpf_map__max_entries(m))
+            _drop_incompatible_pin(bpf, pin, (
+                MAP_TYPE_NAMES.get(bpf.lib.bpf_map__type(m), str(bpf.lib.bpf_map__type(m))),
+                bpf.lib.bpf_map__key_size(m), bpf.lib.bpf_map__value_size(m), bpf.lib.bpf_map__max_entries(m)))
             bpf.lib.bpf_map__set_pin_path(m, pin.encode())
             self.maps[name] = m
             m = bpf.lib.bpf_object__next_map(self.obj, m)
@@ -331,9 +336,10 @@ class BPFObject:
             self.obj = None
 
 
-def _drop_incompatible_pin(bpf: LibBPF, pin: str, want_max: int) -> None:
-    """A pinned map whose size differs from the configured one cannot be reused: unpin it so a
-    new one is created (the agent refills it; conntrack entries of that map are lost)."""
+def _drop_incompatible_pin(bpf: LibBPF, pin: str, want: tuple[str, int, int, int]) -> None:
+    """A pinned map whose type, key/value layout or size differs from this object's (a new
+    Ostium version, a changed map size) cannot be reused: unpin it so a new one is created. The
+    agent refills services, policy and the ipcache; conntrack entries of that map are lost."""
     if not os.path.exists(pin):
         return
     fd = bpf.lib.bpf_obj_get(pin.encode())
@@ -343,7 +349,8 @@ def _drop_incompatible_pin(bpf: LibBPF, pin: str, want_max: int) -> None:
         info = map_info(bpf, fd)
     finally:
         os.close(fd)
-    if info.max_entries != want_max and info.type != "ringbuf":
+    have = (info.type, info.key_size, info.value_size, info.max_entries)
+    if have != want and not (info.type == "ringbuf" == want[0] and info.max_entries == want[3]):
         os.unlink(pin)
 
 

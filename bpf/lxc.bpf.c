@@ -18,6 +18,22 @@ static __always_inline __u32 ipcache_identity(__be32 addr)
 	return v ? v->identity : ID_WORLD;
 }
 
+/* Endpoints have IPv4 addresses only, so IPv6 between them can only be link-scoped (neighbour
+ * discovery, MLD from fe80::/10 to fe80::/10 or ff02::/16): it never leaves the veth's link and
+ * is let through rather than reported as a drop; any other IPv6 is dropped on enforced endpoints. */
+static __always_inline int ipv6_link_scoped(void *ip6, void *data_end)
+{
+	__u8 *h = ip6;
+	if ((void *)(h + 40) > data_end)
+		return 0;
+	int src_ok = (h[8] == 0xfe && (h[9] & 0xc0) == 0x80) ||
+		     (h[8] == 0 && h[9] == 0 && h[10] == 0 && h[11] == 0 && h[12] == 0 && h[13] == 0 &&
+		      h[14] == 0 && h[15] == 0 && h[16] == 0 && h[17] == 0 && h[18] == 0 && h[19] == 0 &&
+		      h[20] == 0 && h[21] == 0 && h[22] == 0 && h[23] == 0);   /* :: (DAD) */
+	int dst_ok = (h[24] == 0xfe && (h[25] & 0xc0) == 0x80) || (h[24] == 0xff && h[25] == 0x02);
+	return src_ok && dst_ok;
+}
+
 static __always_inline int is_icmp_error(__u8 type)
 {
 	return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB;
@@ -41,7 +57,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if ((void *)(eth + 1) > data_end)
 		return CTX_PASS;
 	if (eth->h_proto != bpf_htons(ETH_P_IP)) {
-		if (eth->h_proto == bpf_htons(ETH_P_IPV6) && enforced) {
+		if (eth->h_proto == bpf_htons(ETH_P_IPV6) && enforced && !ipv6_link_scoped(eth + 1, data_end)) {
 			ev.type = EV_DROP;
 			ev.reason = REASON_UNSUPPORTED_L3;
 			ev.verdict = VERDICT_DROPPED;

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 
 import pytest
@@ -81,3 +83,23 @@ def test_ten_thousand_services_load_fast(datapath):
     one = datapath.sync_services(frontends)
     assert (one["changed"], one["written"], one["deleted"]) == (1, 1, 2), one   # master; slot 3 + backend
     assert one["plan_ms"] + one["write_ms"] < stats["plan_ms"] + stats["write_ms"]
+
+
+def test_a_pinned_map_of_another_layout_is_replaced_on_start(node, pin_dir):
+    """An upgrade that changes a map's layout (or its configured size) must not wedge start()."""
+    cfg = DatapathConfig(cgroup_root=node.plumbing.cgroup_root, pin_dir=pin_dir, build_dir=BUILD_DIR)
+    dp = Datapath(cfg)
+    try:
+        dp.start()
+        dp.close()
+        path = f"{pin_dir}/maps/ost_policy"
+        os.unlink(path)
+        # A map of the same name with another key size, as an older version would have left it.
+        subprocess.run(["bpftool", "map", "create", path, "type", "hash", "key", "8", "value", "16",
+                        "entries", "16", "name", "ost_policy"], check=True)
+        dp = Datapath(cfg)
+        dp.start()
+        info = {m["name"]: m for m in dp.maps_info()}
+        assert info["ost_policy"]["key_size"] == 12 and info["ost_policy"]["max_entries"] == 65536
+    finally:
+        dp.purge()

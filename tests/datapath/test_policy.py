@@ -126,3 +126,22 @@ def test_redirect_verdict_is_flagged_and_forwarded(trio, datapath):
     finally:
         reader.close()
     assert evs[0].proxy_port == 15001 and evs[0].dport == 8080 and evs[0].src_identity == ID_A
+
+
+async def test_events_async_iterator_delivers_drops(trio, datapath):
+    import asyncio
+    datapath.sync_policy(2, policy({}, ingress=True))
+    events = datapath.events()
+
+    async def first_drop():
+        async for ev in events:
+            if ev.type is EventType.DROP:
+                return ev
+
+    waiter = asyncio.ensure_future(first_drop())
+    await asyncio.sleep(0)   # the iterator registers its reader before traffic starts
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, lambda: ok(trio, "c", "udp", B, 8080))
+    ev = await asyncio.wait_for(waiter, 5)
+    await events.aclose()
+    assert ev.src_identity == ID_C and ev.dst_identity == ID_B and ev.reason is Reason.POLICY_DEFAULT_DENY
