@@ -20,9 +20,13 @@ from mesh.errors import DatapathError
 # enum bpf_attach_type values this module uses (stable kernel UAPI). Debian 12's headers predate
 # tcx, so the numbers are spelled out.
 BPF_CGROUP_INET4_CONNECT = 10
+BPF_CGROUP_INET6_CONNECT = 11
 BPF_CGROUP_UDP4_SENDMSG = 14
+BPF_CGROUP_UDP6_SENDMSG = 15
 BPF_CGROUP_UDP4_RECVMSG = 19
+BPF_CGROUP_UDP6_RECVMSG = 20
 BPF_CGROUP_INET4_GETPEERNAME = 29
+BPF_CGROUP_INET6_GETPEERNAME = 30
 BPF_CGROUP_INET_SOCK_RELEASE = 34
 BPF_TCX_INGRESS = 46
 BPF_TCX_EGRESS = 47

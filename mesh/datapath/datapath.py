@@ -31,6 +31,10 @@ SOCK_PROGRAMS = (
     ("ost_sock4_sendmsg", loader.BPF_CGROUP_UDP4_SENDMSG),
     ("ost_sock4_recvmsg", loader.BPF_CGROUP_UDP4_RECVMSG),
     ("ost_sock4_getpeername", loader.BPF_CGROUP_INET4_GETPEERNAME),
+    ("ost_sock6_connect", loader.BPF_CGROUP_INET6_CONNECT),
+    ("ost_sock6_sendmsg", loader.BPF_CGROUP_UDP6_SENDMSG),
+    ("ost_sock6_recvmsg", loader.BPF_CGROUP_UDP6_RECVMSG),
+    ("ost_sock6_getpeername", loader.BPF_CGROUP_INET6_GETPEERNAME),
     ("ost_sock_release", loader.BPF_CGROUP_INET_SOCK_RELEASE),
 )
 # tc ingress of the host veth sees what the endpoint sends; tc egress what it receives.

@@ -33,23 +33,26 @@ while True:
 CLIENT = r'''
 import errno, json, socket, sys
 mode, host, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET   # ::ffff:a.b.c.d: a dual-stack client
 timeout = float(sys.argv[5]) if len(sys.argv) > 5 else 2.0
 for i in range(count):
     rec = {}
     try:
         if mode == "tcp":
-            s = socket.create_connection((host, port), timeout=timeout)
-            rec["peer"] = list(s.getpeername())
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.settimeout(timeout)
+            s.connect((host, port))
+            rec["peer"] = list(s.getpeername())[:2]
             f = s.makefile("rb")
             rec["backend"] = f.readline().decode().strip()
             s.close()
         else:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s = socket.socket(fam, socket.SOCK_DGRAM)
             s.settimeout(timeout)
             s.sendto(b"ping%d" % i, (host, port))
             data, addr = s.recvfrom(4096)
             rec["backend"] = data.decode().split()[0]
-            rec["peer"] = list(addr)
+            rec["peer"] = list(addr)[:2]
             s.close()
     except OSError as e:
         rec["error"] = errno.errorcode.get(e.errno, str(e)) if e.errno else type(e).__name__

@@ -103,7 +103,7 @@ def test_kill_9_keeps_established_flows_and_policy_then_new_process_adopts(node,
         dp = Datapath(DatapathConfig(cgroup_root=node.plumbing.cgroup_root, pin_dir=pin_dir,
                                      build_dir=BUILD_DIR))
         report = dp.start()
-        assert report.adopted_links == 5 + 2 * 3 and report.created_links == 0
+        assert report.adopted_links == 9 + 2 * 3 and report.created_links == 0
         assert report.adopted_endpoints == 3 and report.adopted_services == 1
         progress.advances("after adoption")
         again = dp.sync_services([Frontend(VIP, 80, "TCP", (Backend(B, 8080),), 0, "default/web")])

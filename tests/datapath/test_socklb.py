@@ -88,3 +88,16 @@ def test_reverse_records_are_released_with_their_sockets(three_backends, datapat
     datapath.sync_services([frontend()])
     three_backends.client("client", "tcp", VIP, 80, count=30)
     assert datapath.dump_map("ost_lb4_revnat") == []
+
+
+def test_dual_stack_client_reaches_ipv4_service_through_v4_mapped_address(three_backends, datapath):
+    datapath.sync_services([frontend(), frontend(proto="UDP", port=53)])
+    mapped = f"::ffff:{VIP}"
+    tcp = three_backends.client("client", "tcp", mapped, 80, count=30)
+    assert all("error" not in r for r in tcp), tcp
+    assert {r["backend"] for r in tcp} == set(BACKENDS)
+    assert {tuple(r["peer"]) for r in tcp} == {(mapped, 80)}
+    udp = three_backends.client("client", "udp", mapped, 53, count=10)
+    assert all("error" not in r for r in udp) and {tuple(r["peer"]) for r in udp} == {(mapped, 53)}, udp
+    assert datapath.dump_map("ost_lb4_revnat") == [] or all(
+        e["value"]["address"] == VIP for e in datapath.dump_map("ost_lb4_revnat"))
