@@ -40,8 +40,12 @@ _MIRROR: dict[int, dict[str, str]] = {
     23: {"topics": "topics", "partitions": "partitions"},
     24: {"results_by_transaction": "transactions", "topic_results": "topics",
          "results_by_partition": "partitions", "results_by_topic_v3_and_below": "v3_and_below_topics"},
-    27: {"markers": "markers", "topics": "topics", "partitions": "partitions"},
+    27: {"markers": "markers", "topics": "topics", "partitions": "partition_indexes"},
     28: {"topics": "topics", "partitions": "partitions"},
+    30: {"results": "creations"},
+    31: {"filter_results": "filters"},
+    34: {"results": "dirs.topics", "partitions": "partitions"},
+    35: {"results": "@one"},
     32: {"results": "resources"},
     33: {"responses": "resources"},
     37: {"results": "topics"},
@@ -49,6 +53,8 @@ _MIRROR: dict[int, dict[str, str]] = {
     43: {"replica_election_results": "topic_partitions", "partition_result": "partitions"},
     44: {"responses": "resources"},
     45: {"responses": "topics", "partitions": "partitions"},
+    49: {"entries": "entries"},
+    51: {"results": "deletions|upsertions"},
     47: {"topics": "topics", "partitions": "partitions"},
     61: {"topics": "topics", "partitions": "partition_indexes"},
     65: {"transaction_states": "transactional_ids"},
@@ -74,14 +80,18 @@ _TOPIC_APIS = frozenset({0, 1, 2, 3, 8, 19, 20, 21, 23, 24, 27, 28, 32, 33, 37, 
 
 def top_level_error(req: Request) -> int:
     """The authorization error an API without per-topic results answers with."""
+    if req.api_key in _TOPIC_APIS:
+        return apis.NONE
+    return _api_error(req)
+
+
+def _api_error(req: Request) -> int:
     if req.api_key in _GROUP_APIS or (req.api_key == 9 and not req.topics and not req.topic_ids):
         return apis.GROUP_AUTHORIZATION_FAILED
     if req.api_key == 10:
         return apis.TRANSACTIONAL_ID_AUTHORIZATION_FAILED if req.transactional_ids else apis.GROUP_AUTHORIZATION_FAILED
     if req.api_key in _TXN_APIS or (req.api_key == 22 and req.transactional_id is not None):
         return apis.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
-    if req.api_key in _TOPIC_APIS:
-        return apis.NONE
     return apis.CLUSTER_AUTHORIZATION_FAILED
 
 
@@ -89,11 +99,9 @@ def element_error(req: Request, array: str) -> int:
     """The error each mirrored element carries."""
     if req.api_key in (15, 42) or array == "groups":
         return apis.GROUP_AUTHORIZATION_FAILED
-    if req.api_key == 10:
-        return top_level_error(req)
-    if req.api_key == 65:
-        return apis.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
-    return apis.TOPIC_AUTHORIZATION_FAILED
+    if req.api_key in _TOPIC_APIS:
+        return apis.TOPIC_AUTHORIZATION_FAILED
+    return _api_error(req)
 
 
 @lru_cache(maxsize=1)
@@ -149,7 +157,7 @@ def _build(struct: Any, src: Any, version: int, mirror: Mapping[str, str], ctx: 
         elif field.is_struct_array() and name in mirror:
             values[name] = [_element(field, item, version, mirror, ctx, name)
                             for item in _source_items(src if src is not None else ctx.request, mirror[name])]
-        elif src is not None and name in _COPY and not isinstance(src, (str, int, bytes)):
+        elif src is not None and name in _COPY and not isinstance(src, _Scalar):
             for candidate in _COPY[name]:
                 value = getattr(src, candidate, None)
                 if value is not None:
@@ -164,6 +172,8 @@ def _build(struct: Any, src: Any, version: int, mirror: Mapping[str, str], ctx: 
 
 def _element(field: Any, item: Any, version: int, mirror: Mapping[str, str], ctx: Any, array: str) -> Any:
     struct = field.array_of
+    if isinstance(item, _Scalar):
+        return _build(struct, item, version, mirror, ctx._for(array))
     if isinstance(item, (str, int)):
         elem = _build(struct, _Scalar(), version, mirror, ctx._for(array))
         for key in _SCALAR_KEY:
@@ -179,8 +189,16 @@ class _Scalar:
 
 
 def _source_items(src: Any, names: str) -> list:
+    """The request elements a response array mirrors: "a|b" = the first non-empty of a and b, "a.b" = every
+    b of every a (flattened), "@one" = a single element with no key."""
+    if names == "@one":
+        return [_Scalar()]
     for name in names.split("|"):
-        items = getattr(src, name, None)
+        if "." in name:
+            outer, inner = name.split(".", 1)
+            items = [x for o in (getattr(src, outer, None) or []) for x in (getattr(o, inner, None) or [])]
+        else:
+            items = getattr(src, name, None)
         if items:
             return list(items)
     return []
