@@ -122,7 +122,7 @@ def kube_proxy_rules(n: int) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--conns", type=int, default=2000)
     ap.add_argument("--sizes", default="10,1000,10000")
     args = ap.parse_args()
@@ -175,11 +175,16 @@ def main() -> int:
                 runs["socklb"].append(once(vip(96, n - 1), 80))
                 subprocess.run(["iptables-nft", "-t", "nat", "-I", "OUTPUT", *jump], check=True)
                 runs["iptables"].append(once(vip(97, n - 1), 80))
+            # (median p50, p90, p99, conn/s over rounds) + the best round's p50: on a shared
+            # machine the best round shows the path's cost with the least interference.
             return tuple(tuple(statistics.median(r[i] for r in runs[m]) for i in range(4))
+                         + (min(r[0] for r in runs[m]),)
                          for m in ("direct", "socklb", "iptables"))
 
         results = {}
-        print(f"{'N':>6} {'mode':<9} {'p50 us':>8} {'p90 us':>8} {'p99 us':>8} {'conn/s':>9}   load")
+        print(f"connect() latency, {args.rounds} interleaved rounds x {args.conns} connections; "
+              "median over rounds (best round's p50 in brackets)")
+        print(f"{'N':>6} {'mode':<9} {'p50 us':>8} {'(best)':>8} {'p90 us':>8} {'p99 us':>8} {'conn/s':>9}   load")
         for n in sizes:
             fronts = [Frontend(vip(96, i), 80, "TCP", (Backend(BACKEND, PORT),), 0, f"default/svc{i}")
                       for i in range(n)]
@@ -195,19 +200,22 @@ def main() -> int:
             subprocess.run(["iptables-nft", "-t", "nat", "-F"], check=True)
             subprocess.run(["iptables-nft", "-t", "nat", "-X"], check=True)
             results[n] = (direct, sock, ipt)
-            print(f"{n:>6} {'direct':<9} {direct[0]:8.2f} {direct[1]:8.2f} {direct[2]:8.2f} {direct[3]:9.0f}")
-            print(f"{n:>6} {'socklb':<9} {sock[0]:8.2f} {sock[1]:8.2f} {sock[2]:8.2f} {sock[3]:9.0f}   "
+            print(f"{n:>6} {'direct':<9} {direct[0]:8.2f} {direct[4]:8.2f} {direct[1]:8.2f} {direct[2]:8.2f} "
+                  f"{direct[3]:9.0f}")
+            print(f"{n:>6} {'socklb':<9} {sock[0]:8.2f} {sock[4]:8.2f} {sock[1]:8.2f} {sock[2]:8.2f} {sock[3]:9.0f}   "
                   f"{load_bpf * 1000:.1f} ms (plan {st['plan_ms']:.1f} + kernel write {st['write_ms']:.1f})")
-            print(f"{n:>6} {'iptables':<9} {ipt[0]:8.2f} {ipt[1]:8.2f} {ipt[2]:8.2f} {ipt[3]:9.0f}   "
+            print(f"{n:>6} {'iptables':<9} {ipt[0]:8.2f} {ipt[4]:8.2f} {ipt[1]:8.2f} {ipt[2]:8.2f} {ipt[3]:9.0f}   "
                   f"{load_ipt * 1000:.1f} ms (iptables-nft-restore)")
         print()
         lo, hi = sizes[0], sizes[-1]
-        s_lo, s_hi = results[lo][1][0], results[hi][1][0]
-        print(f"socklb p50 at {hi} vs {lo} services: {s_hi / s_lo:.3f}x  (target <= 1.10)")
+        s_lo, s_hi = results[lo][1], results[hi][1]
+        print(f"socklb p50 at {hi} vs {lo} services: {s_hi[0] / s_lo[0]:.3f}x median, "
+              f"{s_hi[4] / s_lo[4]:.3f}x best  (target <= 1.10)")
         for n in sizes:
             d, s, i = results[n]
-            print(f"N={n:>5}: socklb - direct = {s[0] - d[0]:+.2f} us (target <= 1.0); "
-                  f"iptables / socklb = {i[0] / s[0]:.1f}x p50, {i[3] and s[3] / i[3]:.1f}x conn/s")
+            print(f"N={n:>5}: socklb - direct = {s[0] - d[0]:+.2f} us median, {s[4] - d[4]:+.2f} us best "
+                  f"(target <= 1.0); iptables / socklb = {i[0] / s[0]:.1f}x p50 ({i[4] / s[4]:.1f}x best), "
+                  f"{s[3] / i[3]:.1f}x conn/s")
         return 0
     finally:
         if server is not None:
