@@ -4,21 +4,20 @@ schemas), partial and pipelined input, flexible headers, and bad input turned in
 from __future__ import annotations
 
 import struct
-import sys
-import os
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+try:  # `python -m pytest` from the repo root has it on sys.path; the `pytest` script only has tests/
+    from tests.kafka_fixture import CLIENT_ID, TOPIC_ID, all_versions, sample_request
+except ModuleNotFoundError:
+    from kafka_fixture import CLIENT_ID, TOPIC_ID, all_versions, sample_request
 
-from kafka_samples import CLIENT_ID, TOPIC_ID, all_versions, sample_request  # noqa: E402
-
-from l7parsers.kafka import (  # noqa: E402
+from l7parsers.kafka import (
     NEED_DATA, ConnectionClosed, FrameError, ProtocolError, Request, RequestParser, Response, ResponseParser,
     parse_request,
 )
-from l7parsers.kafka.responses import denied_response, message_class  # noqa: E402
-from l7parsers.kafka.schemas import schema_for  # noqa: E402
+from l7parsers.kafka.responses import denied_response, message_class
+from l7parsers.kafka.schemas import schema_for
 
 VERSIONS = list(all_versions())
 
