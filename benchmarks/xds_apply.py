@@ -3,12 +3,13 @@
 Measures, per run: translate (pure), snapshot build (protobuf), push → ACK, and apply → the first
 request that the new policy allows answered 200 by the real Envoy. Delta xDS (Ostium's default)
 against State-of-the-World (the baseline: every change resends whole sets), same run.
-Runs in well under a minute: .venv/bin/python benchmarks/xds_apply.py
+Rounds of the two modes are interleaved. Runs in well under a minute: .venv/bin/python benchmarks/xds_apply.py
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from xdsserver.testing import envoy_harness, free_port, http_backend, wait_port_
 from xdsserver.translate import (Direction, HTTPRule, PeerRule, PortPolicy, ProxyOptions,  # noqa: E402
                                  TranslateInput, translate)
 
-ROUNDS = 10
+ROUNDS = 15
 
 
 def policy(port: int, backend_port: int, nrules: int, generation: int,
@@ -48,41 +49,49 @@ def policy(port: int, backend_port: int, nrules: int, generation: int,
                              als_cluster=None))
 
 
-async def run(mode: XdsMode, nrules: int, others: int = 0) -> dict[str, float]:
-    port = free_port()
-    samples: dict[str, list[float]] = {"translate": [], "build": [], "push_ack": [], "enforced": []}
-    memo = PackMemo()   # as L7Proxy does: unchanged resources are not converted again
+async def scenario(nrules: int, others: int = 0) -> dict[XdsMode, dict[str, float]]:
+    """Both modes side by side, rounds interleaved (Delta, SotW, Delta, ...) so that load from
+    anything else on the machine hits both alike."""
+    modes = (XdsMode.DELTA, XdsMode.SOTW)
+    samples = {m: {"translate": [], "build": [], "push_ack": [], "enforced": []} for m in modes}
+    memos = {m: PackMemo() for m in modes}   # as L7Proxy does: unchanged resources are reused
     with http_backend() as backend, tempfile.TemporaryDirectory() as d:
-        async with envoy_harness(Path(d), mode=mode, log_level="error") as h:
+        async with contextlib.AsyncExitStack() as stack:
+            harness, ports = {}, {}
+            for m in modes:
+                harness[m] = await stack.enter_async_context(
+                    envoy_harness(Path(d) / m.value, mode=m, log_level="error"))
+                ports[m] = free_port()
             for gen in range(ROUNDS + 1):
-                t0 = time.perf_counter()
-                res = translate(policy(port, backend.server_address[1], nrules, gen, others))
-                t1 = time.perf_counter()
-                snap = Snapshot.build(res.by_type(), memo=memo)
-                t2 = time.perf_counter()
-                h.cache.set_snapshot(h.node_id, snap)
-                nacked = await h.server.wait_applied(h.node_id, snap)
-                t3 = time.perf_counter()
-                assert not nacked, nacked
-                if gen == 0:
-                    await wait_port_open(port)
-                while (await http_get(f"127.0.0.1:{port}", f"/gen{gen}"))[0] != 200:
-                    pass  # poll: each round trip is itself the wait
-                t4 = time.perf_counter()
-                if gen == 0:
-                    continue  # the first one includes listener creation
-                for k, v in zip(samples, (t1 - t0, t2 - t1, t3 - t2, t4 - t0)):
-                    samples[k].append(v * 1000)
-            _, mem = await h.envoy.admin_get("/memory")
-    return {k: statistics.median(v) for k, v in samples.items()}
+                for m in modes:
+                    h, port = harness[m], ports[m]
+                    t0 = time.perf_counter()
+                    res = translate(policy(port, backend.server_address[1], nrules, gen, others))
+                    t1 = time.perf_counter()
+                    snap = Snapshot.build(res.by_type(), memo=memos[m])
+                    t2 = time.perf_counter()
+                    h.cache.set_snapshot(h.node_id, snap)
+                    nacked = await h.server.wait_applied(h.node_id, snap)
+                    t3 = time.perf_counter()
+                    assert not nacked, nacked
+                    if gen == 0:
+                        await wait_port_open(port)
+                    while (await http_get(f"127.0.0.1:{port}", f"/gen{gen}"))[0] != 200:
+                        pass  # poll: each round trip is itself the wait
+                    t4 = time.perf_counter()
+                    if gen == 0:
+                        continue  # the first one includes listener creation
+                    for k, v in zip(samples[m], (t1 - t0, t2 - t1, t3 - t2, t4 - t0)):
+                        samples[m][k].append(v * 1000)
+    return {m: {k: statistics.median(v) for k, v in samples[m].items()} for m in modes}
 
 
 async def main() -> None:
     results = {}
     for nrules in (1, 1000):
-        for mode in (XdsMode.DELTA, XdsMode.SOTW):
-            results[(mode, nrules)] = await run(mode, nrules)
-    scale = {mode: await run(mode, 5, others=500) for mode in (XdsMode.DELTA, XdsMode.SOTW)}
+        for mode, r in (await scenario(nrules)).items():
+            results[(mode, nrules)] = r
+    scale = await scenario(5, others=500)
     print(f"median of {ROUNDS} policy changes, milliseconds")
     print(f"{'mode':6} {'rules':>12} {'translate':>10} {'build':>8} {'push→ACK':>9} {'apply→enforced':>15}")
     rows = [(m, f"{n}", r) for (m, n), r in results.items()]

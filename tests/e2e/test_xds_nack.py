@@ -31,7 +31,8 @@ def break_regex(route: dict) -> dict:
     bad = copy.deepcopy(route)
     per_route = bad["virtual_hosts"][0]["typed_per_filter_config"]["envoy.filters.http.rbac"]
     policy = per_route["rbac"]["rules"]["policies"]["rule-0"]
-    policy["permissions"][0]["and_rules"]["rules"][0]["header"]["string_match"]["safe_regex"]["regex"] = "GET("
+    policy["permissions"][0]["and_rules"]["rules"][0]["header"]["string_match"] = {
+        "safe_regex": {"regex": "GET("}}
     return bad
 
 

@@ -52,12 +52,12 @@ RBAC_TABLE = [
                         {"direct_remote_ip": {"address_prefix": "10.0.2.10", "prefix_len": 32}},
                         {"direct_remote_ip": {"address_prefix": "fd00::7", "prefix_len": 128}}],
          "permissions": [{"and_rules": {"rules": [
-             {"header": {"name": ":method", "string_match": {"safe_regex": {"regex": "GET"}}}},
+             {"header": {"name": ":method", "string_match": {"exact": "GET"}}},
              {"url_path": {"path": {"safe_regex": {"regex": "/public/.*"}}}}]}}]}}),
     ("wildcard peers: any principal",
      PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(None, (HTTPRule(method="POST"),)),)),
      {"rule-0": {"principals": [{"any": True}], "permissions": [{"and_rules": {"rules": [
-         {"header": {"name": ":method", "string_match": {"safe_regex": {"regex": "POST"}}}}]}}]}}),
+         {"header": {"name": ":method", "string_match": {"exact": "POST"}}}]}}]}}),
     ("no http rules: every request from the peers",
      PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(frozenset({1000}), ()),)),
      {"rule-0": {"principals": [{"direct_remote_ip": {"address_prefix": "10.0.1.5", "prefix_len": 32}}],
@@ -105,12 +105,12 @@ RBAC_TABLE = [
      {"rule-0": {"principals": [{"any": True}], "permissions": [{"and_rules": {"rules": [
          {"destination_ip": {"address_prefix": "10.0.1.5", "prefix_len": 32}},
          {"and_rules": {"rules": [
-             {"header": {"name": ":method", "string_match": {"safe_regex": {"regex": "GET"}}}}]}}]}}]}}),
+             {"header": {"name": ":method", "string_match": {"exact": "GET"}}}]}}]}}]}}),
     ("several peer rules: one policy each (OR)",
      PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(None, (HTTPRule(method="GET"),)),
                                             PeerRule(frozenset({1000}), ()))),
      {"rule-0": {"principals": [{"any": True}], "permissions": [{"and_rules": {"rules": [
-         {"header": {"name": ":method", "string_match": {"safe_regex": {"regex": "GET"}}}}]}}]},
+         {"header": {"name": ":method", "string_match": {"exact": "GET"}}}]}}]},
       "rule-1": {"principals": [{"direct_remote_ip": {"address_prefix": "10.0.1.5", "prefix_len": 32}}],
                  "permissions": [{"any": True}]}}),
 ]
@@ -250,6 +250,20 @@ def test_validate_rejects_what_envoy_would_nack(rule, path, text):
 def test_validate_accepts_cilium_style_rules():
     validate_http_rule(HTTPRule(method="GET|POST", path="/v1/request-landing", host=".*",
                                 headers=(HeaderMatch(":authority"), HeaderMatch("X-Has-Force", "true"))))
+
+
+@pytest.mark.parametrize("pattern,matcher", [
+    ("GET", {"exact": "GET"}),
+    ("/v1/request-landing", {"exact": "/v1/request-landing"}),
+    ("GET|POST", {"safe_regex": {"regex": "GET|POST"}}),
+    ("/public/.*", {"safe_regex": {"regex": "/public/.*"}}),
+    (r"api\.example", {"safe_regex": {"regex": r"api\.example"}}),
+    ("/a[b]", {"safe_regex": {"regex": "/a[b]"}}),
+])
+def test_literal_patterns_become_exact_matches(pattern, matcher):
+    res = run(PortPolicy("10.0.0.1", IN, 80, 15001, (PeerRule(None, (HTTPRule(path=pattern),)),)))
+    perm = rbac_of(res, only_chain(res))["policies"]["rule-0"]["permissions"][0]
+    assert perm["and_rules"]["rules"][0]["url_path"]["path"] == matcher
 
 
 def test_ipv6_endpoints_add_an_ipv6_listener_address():
