@@ -7,7 +7,8 @@
   GET /v1/flows?follow=1     JSON lines: history (`last`/`since`) then live flows; a slow client's
                              losses arrive in-band as {"lost_events": N}.
   GET /v1/flows/status       ring capacity, stored, seen, lost, followers
-  GET /v1/servicemap         {"nodes", "edges"} over the flows in the ring (same filters)
+  GET /v1/servicemap         {"nodes", "edges"} over the flows in the ring (same filters; without
+                             `last` or `since`: the newest 10,000 matching flows)
   GET /metrics               Prometheus text (needs a MetricsRegistry)
   GET /metrics/envoy         Envoy's own /stats/prometheus, proxied from its admin address
   GET /ui/                   the web UI (static files in mesh/flows/ui/)
@@ -37,6 +38,7 @@ UI_FILES = {"index.html": "text/html", "app.js": "application/javascript", "styl
 _NON_FILTER = ("follow",)
 _TRUE = ("1", "true", "yes", "on")
 HEARTBEAT_SECONDS = 2.0
+SERVICEMAP_DEFAULT_LAST = 10_000   # without last/since the map covers the newest flows only
 
 
 def _params(request: web.Request) -> dict[str, list[str]]:
@@ -55,7 +57,8 @@ async def flows_handler(observer: "Observer", request: web.Request) -> web.Strea
     flt = parse_filters(params, ignore=_NON_FILTER)
     follow = request.query.get("follow", "").lower() in _TRUE
     if not follow:
-        flows, incomplete = observer.query(flt.match, last=flt.last, since=flt.since, until=flt.until)
+        flows, incomplete = await observer.query_async(flt.match, last=flt.last, since=flt.since,
+                                                       until=flt.until, sides=flt.sides_may_match)
         headers = {"X-Ostium-Flows-Lost": str(observer.lost)} if incomplete else {}
         return web.Response(text=_dumps([f.to_json() for f in flows]), content_type="application/json",
                             headers=headers)
@@ -85,7 +88,9 @@ async def flows_status_handler(observer: "Observer", request: web.Request) -> we
 
 async def servicemap_handler(observer: "Observer", request: web.Request) -> web.Response:
     flt = parse_filters(_params(request), ignore=_NON_FILTER)
-    flows, incomplete = observer.query(flt.match, last=flt.last, since=flt.since, until=flt.until)
+    last = flt.last if flt.last is not None or flt.since is not None else SERVICEMAP_DEFAULT_LAST
+    flows, incomplete = await observer.query_async(flt.match, last=last, since=flt.since, until=flt.until,
+                                                   sides=flt.sides_may_match)
     data = service_map(flows)
     data["flows"] = len(flows)
     data["lost"] = observer.lost if incomplete else 0

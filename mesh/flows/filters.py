@@ -49,6 +49,7 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9_.:/-]+$")
 _METHOD = re.compile(r"^[A-Za-z]+$")
+_META_KINDS = ("pod", "label", "identity", "namespace")   # answerable from enrichment alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,10 @@ class FlowFilter:
     """Compiled filters. `match(flow)` is the AND of every flag's predicate."""
 
     predicates: tuple[Pred, ...] = ()
+    # Necessary conditions on the two sides' enrichment (EndpointMeta, which has the identity,
+    # labels, namespace and pod of an Endpoint): the observer checks them on stored slots before
+    # building a Flow, so a selective query over a full ring stays cheap.
+    side_predicates: tuple[Callable[[object, object], bool], ...] = ()
     since: float | None = None
     until: float | None = None
     last: int | None = None
@@ -73,6 +78,12 @@ class FlowFilter:
 
     def __call__(self, flow: Flow) -> bool:
         return self.match(flow)
+
+    def sides_may_match(self, src_meta: object, dst_meta: object) -> bool:
+        for p in self.side_predicates:
+            if not p(src_meta, dst_meta):
+                return False
+        return True
 
 
 def _err(flag: str, message: str) -> ValidationError:
@@ -268,6 +279,7 @@ def parse_filters(params: Mapping[str, Iterable[str] | str], now: float | None =
     """Flag name → values (a str or a list) → FlowFilter. Unknown names are errors."""
     ignored = set(ignore)
     preds: list[Pred] = []
+    side_preds: list[Callable[[object, object], bool]] = []
     since = until = None
     last: int | None = None
     asked: list[tuple[str, tuple[str, ...]]] = []
@@ -298,12 +310,17 @@ def parse_filters(params: Mapping[str, Iterable[str] | str], now: float | None =
             one = (lambda ps: (lambda ep: any(p(ep) for p in ps)))(sps) if len(sps) > 1 else sps[0]
             if side == "from":
                 preds.append((lambda p: lambda f: p(f.source))(one))
+                side_pred = (lambda p: lambda s, d: p(s))(one)
             elif side == "to":
                 preds.append((lambda p: lambda f: p(f.destination))(one))
+                side_pred = (lambda p: lambda s, d: p(d))(one)
             else:
                 preds.append((lambda p: lambda f: p(f.source) or p(f.destination))(one))
+                side_pred = (lambda p: lambda s, d: p(s) or p(d))(one)
+            if kind in _META_KINDS:
+                side_preds.append(side_pred)
             continue
         preds.append(_any([_global_pred(flag, v) for v in values]))
     if since is not None and until is not None and since > until:
         raise _err("since", "--since is later than --until")
-    return FlowFilter(predicates=tuple(preds), since=since, until=until, last=last, flags=tuple(asked))
+    return FlowFilter(predicates=tuple(preds), side_predicates=tuple(side_preds), since=since, until=until, last=last, flags=tuple(asked))

@@ -11,6 +11,7 @@ JSON field names follow Hubble (`verdict`, `drop_reason_desc`, `IP`, `l4`, `sour
 from __future__ import annotations
 
 import enum
+import functools
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -87,9 +88,15 @@ class EndpointMeta:
     workload: str = ""                      # app label or pod name without replica suffix
     endpoint_id: int = 0
 
+    def label_map(self) -> dict[str, str]:
+        return _label_map(self.labels)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class Endpoint:
+    """One side of a flow. Not frozen: the observer builds two per flow it reads back from the ring
+    and a frozen dataclass's __init__ costs several times more. Treat it as immutable."""
+
     ip: str = ""
     port: int = 0
     identity: int = 0
@@ -109,11 +116,8 @@ class Endpoint:
         return self.ip
 
     def label_map(self) -> dict[str, str]:
-        out = {}
-        for kv in self.labels:
-            k, _, v = kv.partition("=")
-            out[k] = v
-        return out
+        """Labels as a dict (shared and cached per label set: do not modify it)."""
+        return _label_map(self.labels)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"identity": self.identity}
@@ -128,6 +132,15 @@ class Endpoint:
         if self.workload:
             d["workloads"] = [{"name": self.workload, "kind": "Workload"}]
         return d
+
+
+@functools.lru_cache(maxsize=8192)
+def _label_map(labels: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for kv in labels:
+        k, _, v = kv.partition("=")
+        out[k] = v
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,11 +402,11 @@ def workload_name(pod: str, labels: Mapping[str, str]) -> str:
     return ""
 
 
-def endpoint_of(meta: EndpointMeta | None, ip: str, port: int) -> Endpoint:
+def endpoint_of(meta: EndpointMeta | None, ip: str, port: int, endpoint_id: int = 0) -> Endpoint:
     if meta is None:
-        return Endpoint(ip=ip, port=port)
-    return Endpoint(ip=ip, port=port, identity=meta.identity, labels=meta.labels, namespace=meta.namespace,
-                    pod_name=meta.pod_name, workload=meta.workload, endpoint_id=meta.endpoint_id)
+        return Endpoint(ip, port, 0, (), "", "", "", endpoint_id)
+    return Endpoint(ip, port, meta.identity, meta.labels, meta.namespace, meta.pod_name, meta.workload,
+                    endpoint_id or meta.endpoint_id)
 
 
 # ---- converters ---------------------------------------------------------------------------------
@@ -415,8 +428,11 @@ def _enum_name(value: Any) -> str:
     return value.name if isinstance(value, enum.Enum) else str(value)
 
 
+_FLAG_TABLE = tuple(tuple(n for i, n in enumerate(TCP_FLAG_NAMES) if bits & (1 << i)) for bits in range(256))
+
+
 def tcp_flag_names(bits: int) -> tuple[str, ...]:
-    return tuple(n for i, n in enumerate(TCP_FLAG_NAMES) if bits & (1 << i))
+    return _FLAG_TABLE[bits & 0xFF]
 
 
 _DP_VERDICTS = {1: Verdict.FORWARDED, 2: Verdict.REDIRECTED, 3: Verdict.DROPPED}

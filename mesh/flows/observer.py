@@ -148,7 +148,9 @@ class Observer:
         self._subs: list[Subscription] = []
         self._meta_cache: dict[tuple[Any, int], EndpointMeta] = {}
         self._export_pending: list[tuple] = []
-        self._uuid_prefix = uuidlib.uuid4().int >> 64 << 64
+        # Stable per-flow UUIDs for slots: a random per-observer prefix + the sequence number.
+        u = str(uuidlib.uuid4())
+        self._uuid_prefix = u[:24]
         self.resync_clock()
         # Counters for metrics (read at scrape time; plain dicts keep ingest cheap).
         self.dp_counts: dict[tuple[int, int, int, int], int] = {}     # (type, verdict, reason, dir)
@@ -276,14 +278,11 @@ class Observer:
         v = _VERDICTS.get(verdict, Verdict.ERROR)
         direction = _DIRECTIONS.get(d, Direction.UNKNOWN)
         icmp = proto == 1
-        src = endpoint_of(sm, saddr, 0 if icmp else sport)
-        dst = endpoint_of(dm, daddr, 0 if icmp else dport)
         # The endpoint id names the endpoint whose veth saw the packet: the destination on
         # ingress, the source on egress.
-        if ep and direction is Direction.INGRESS:
-            dst = _with_ep(dst, ep)
-        elif ep:
-            src = _with_ep(src, ep)
+        ingress = d == 0
+        src = endpoint_of(sm, saddr, 0 if icmp else sport, 0 if ingress else ep)
+        dst = endpoint_of(dm, daddr, 0 if icmp else dport, ep if ingress else 0)
         enr = self.enricher
         return Flow(
             time=wall, verdict=v,
@@ -296,40 +295,32 @@ class Observer:
             traffic_direction=direction, is_reply=reason == 2,
             source_service=enr.service(saddr, sport), destination_service=enr.service(daddr, dport),
             node_name=enr.node_name, proxy_port=pp,
-            uuid=str(uuidlib.UUID(int=self._uuid_prefix | seq)),
+            uuid=f"{self._uuid_prefix}{seq:012x}",
         )
 
-    def _slots_newest_first(self) -> Iterator[tuple]:
-        ring, cap = self._ring, self.capacity
-        for seq in range(self.seen - 1, max(self.seen - cap, 0) - 1, -1):
-            slot = ring[seq % cap]
-            if slot is not None:
-                yield slot
-
     def query(self, match: Callable[[Flow], bool] | None = None, last: int | None = None,
-              since: float | None = None, until: float | None = None) -> tuple[list[Flow], bool]:
+              since: float | None = None, until: float | None = None,
+              sides: Callable[[Any, Any], bool] | None = None) -> tuple[list[Flow], bool]:
         """Flows (oldest first) that pass `match` within [since, until]; the newest `last` of them.
 
+        `sides(src_meta, dst_meta)`: an optional necessary condition checked on a datapath slot's
+        enrichment before its Flow is built (FlowFilter.sides_may_match).
         Returns (flows, incomplete): incomplete is True when the ring has overwritten flows that
         could have belonged to the answer (the scan reached the oldest stored flow)."""
-        out: list[Flow] = []
-        reached_oldest = True
-        for slot in self._slots_newest_first():
-            wall = slot[1]
-            if until is not None and wall > until:
-                continue
-            if since is not None and wall < since:
-                # Slots are in arrival order; L7 records can be stamped slightly earlier than
-                # later datapath events, so do not stop at the first older one.
-                continue
-            flow = self.materialize(slot)
-            if match is None or match(flow):
-                out.append(flow)
-                if last is not None and len(out) >= last:
-                    reached_oldest = False
-                    break
-        out.reverse()
-        return out, reached_oldest and self.lost > 0
+        state = _Scan(self, match, last, since, until, sides)
+        state.run(None)
+        return state.result()
+
+    async def query_async(self, match: Callable[[Flow], bool] | None = None, last: int | None = None,
+                          since: float | None = None, until: float | None = None,
+                          sides: Callable[[Any, Any], bool] | None = None,
+                          chunk: int = 4096) -> tuple[list[Flow], bool]:
+        """query() that yields to the event loop every `chunk` slots, so a scan of a full ring
+        never holds up ingest or other clients. Slots overwritten meanwhile are skipped."""
+        state = _Scan(self, match, last, since, until, sides)
+        while not state.run(chunk):
+            await asyncio.sleep(0)
+        return state.result()
 
     def subscribe(self, queue_size: int | None = None) -> Subscription:
         sub = Subscription(queue_size or self.subscriber_queue)
@@ -357,7 +348,7 @@ class Observer:
         try:
             first_live = self.seen
             if last or since is not None:
-                history, _ = self.query(match, last=last or None, since=since)
+                history, _ = await self.query_async(match, last=last or None, since=since)
                 for flow in history:
                     yield flow
             while not sub.closed:
@@ -400,9 +391,49 @@ class Observer:
                 self.resync_clock()
 
 
-def _with_ep(e: Endpoint, ep: int) -> Endpoint:
-    return Endpoint(ip=e.ip, port=e.port, identity=e.identity, labels=e.labels, namespace=e.namespace,
-                    pod_name=e.pod_name, workload=e.workload, endpoint_id=ep)
+class _Scan:
+    """A newest-first scan of the ring that can stop and resume (for query_async)."""
+
+    def __init__(self, obs: Observer, match, last, since, until, sides) -> None:
+        self.obs, self.match, self.last, self.since, self.until, self.sides = obs, match, last, since, until, sides
+        self.seq = obs.seen - 1
+        self.out: list[Flow] = []
+        self.reached_oldest = True
+
+    def run(self, budget: int | None) -> bool:
+        """Scan up to `budget` slots (all if None); True when finished."""
+        obs, out, match, sides = self.obs, self.out, self.match, self.sides
+        since, until, last = self.since, self.until, self.last
+        ring, cap = obs._ring, obs.capacity
+        n = 0
+        while self.seq >= 0 and self.seq > obs.seen - 1 - cap:
+            seq = self.seq
+            self.seq -= 1
+            slot = ring[seq % cap]
+            if slot is None or slot[0] != seq:   # overwritten while we yielded
+                continue
+            n += 1
+            wall = slot[1]
+            # Slots are in arrival order but L7 records can be stamped a little earlier than
+            # later datapath events: check every slot, no early stop on time.
+            if (until is not None and wall > until) or (since is not None and wall < since):
+                continue
+            if sides is not None and slot[3] is not None and not sides(slot[3], slot[4]):
+                continue
+            flow = obs.materialize(slot)
+            if match is None or match(flow):
+                out.append(flow)
+                if last is not None and len(out) >= last:
+                    self.reached_oldest = False
+                    self.seq = -1
+                    return True
+            if budget is not None and n >= budget:
+                return self.seq < 0 or self.seq <= obs.seen - 1 - cap
+        return True
+
+    def result(self) -> tuple[list[Flow], bool]:
+        self.out.reverse()
+        return self.out, self.reached_oldest and self.obs.lost > 0
 
 
 def workload_or_ip(e: Endpoint) -> str:

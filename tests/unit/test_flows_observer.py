@@ -158,3 +158,37 @@ def test_exporter_writes_json_lines_and_rotates(tmp_path):
 def test_capacity_must_be_positive():
     with pytest.raises(ValueError):
         Observer(capacity=0)
+
+
+def test_side_prefilter_gives_the_same_answer_as_the_full_filter():
+    obs = Observer(capacity=200, enricher=enricher())
+    for i in range(150):
+        obs.ingest_datapath_raw(event(i, drop=i % 4 == 0).pack())
+    obs.ingest_datapath_raw(Event(**{**_fields(event(999)), "saddr": "10.9.9.9", "src_identity": 300}).pack())
+    for flags in ({"from-label": "app=xwing", "verdict": "DROPPED"}, {"from-pod": "xwing"},
+                  {"to-label": "app=xwing"}, {"from-identity": "300"}):
+        flt = parse_filters(flags)
+        slow, _ = obs.query(flt.match)
+        fast, _ = obs.query(flt.match, sides=flt.sides_may_match)
+        assert [f.uuid for f in slow] == [f.uuid for f in fast]
+    assert len(obs.query(parse_filters({"from-identity": "300"}).match)[0]) == 1
+
+
+def _fields(ev: Event) -> dict:
+    import dataclasses
+    return {f.name: getattr(ev, f.name) for f in dataclasses.fields(ev)}
+
+
+async def test_async_query_yields_and_skips_slots_overwritten_meanwhile():
+    obs = Observer(capacity=100)
+    for i in range(100):
+        obs.ingest_datapath_raw(event(i).pack())
+    task = asyncio.create_task(obs.query_async(chunk=10))
+    await asyncio.sleep(0)          # the scan has done one chunk (the newest 10)
+    for i in range(100, 150):       # overwrite the oldest half while it waits
+        obs.ingest_datapath_raw(event(i).pack())
+    flows, incomplete = await task
+    ports = [f.source.port - 40000 for f in flows]
+    assert ports == sorted(ports) and len(set(ports)) == len(ports)
+    assert ports[-10:] == list(range(90, 100))      # what it had when it started, newest first
+    assert all(p >= 50 for p in ports) and incomplete
