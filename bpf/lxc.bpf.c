@@ -132,11 +132,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 
 	__u16 proxy_port = 0;
 	int redirect = 0;
-	__u32 plens = ep->plens[dir & 1];
-	if ((enforced || plens) && !icmp_error) {
+	__u32 plens_id = ep->plens[(dir & 1) * 2], plens_any = ep->plens[(dir & 1) * 2 + 1];
+	if ((enforced || plens_id || plens_any) && !icmp_error) {
 		/* Checked for every packet of a flow, not only the first: a new deny cuts it. A
 		 * direction that is not enforced still obeys deny rules (enableDefaultDeny: false). */
-		struct policy_entry *pe = policy_lookup((__u16)ep->ep_id, dir, remote_id, proto, policy_port, plens);
+		struct policy_entry *pe = policy_lookup((__u16)ep->ep_id, dir, remote_id, proto, policy_port,
+							 plens_id, plens_any);
 		if ((pe && pe->verdict == POLICY_DENY) || (!pe && enforced)) {
 			ev.type = EV_DROP;
 			ev.reason = pe ? REASON_POLICY_DENY : REASON_POLICY_DEFAULT;

@@ -293,22 +293,29 @@ EP_F_EGRESS_ENFORCED = 0x2
 
 @dataclass(frozen=True, slots=True)
 class EndpointInfo(Codec):
-    FMT: ClassVar[str] = "<II4sIII"
+    FMT: ClassVar[str] = "<II4sI4I"
     ep_id: int
     identity: int
     address: str
     flags: int = 0
-    plens_ingress: int = 0   # bit i: policy keys of prefix class i exist (see policy_class)
+    # bit i: policy keys of prefix class i (see policy_class) exist, per direction, for a
+    # specific identity / for any identity
+    plens_ingress: int = 0
+    plens_ingress_any: int = 0
     plens_egress: int = 0
+    plens_egress_any: int = 0
+
+    @property
+    def plens(self) -> tuple[int, int, int, int]:
+        return (self.plens_ingress, self.plens_ingress_any, self.plens_egress, self.plens_egress_any)
 
     def pack(self) -> bytes:
-        return struct.pack(self.FMT, self.ep_id, self.identity, ip_bytes(self.address), self.flags,
-                           self.plens_ingress, self.plens_egress)
+        return struct.pack(self.FMT, self.ep_id, self.identity, ip_bytes(self.address), self.flags, *self.plens)
 
     @classmethod
     def unpack(cls, raw: bytes) -> "EndpointInfo":
-        e, i, a, f, pi, pe = struct.unpack(cls.FMT, raw[: cls.size()])
-        return cls(e, i, ip_str(a), f, pi, pe)
+        e, i, a, f, *pl = struct.unpack(cls.FMT, raw[: cls.size()])
+        return cls(e, i, ip_str(a), f, *pl)
 
 
 POLICY_FIXED_PREFIX = 64  # ep_id, direction, pad, identity

@@ -136,7 +136,9 @@ struct endpoint_info {
 	__u32 identity;
 	__be32 address;
 	__u32 flags;       /* EP_F_* */
-	__u32 plens[2];    /* per direction: bit i set = policy keys with prefix class i exist */
+	/* [direction * 2 + any]: bit i set = policy keys of prefix class i exist for a specific
+	 * identity (any = 0) or for any identity (any = 1); only those classes are probed. */
+	__u32 plens[4];
 };
 
 struct {

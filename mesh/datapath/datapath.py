@@ -87,10 +87,11 @@ class _EndpointState:
     ifname: str = ""
     flags: int = 0
     policy: dict[bytes, bytes] = field(default_factory=dict)
-    plens: tuple[int, int] = (0, 0)   # (ingress, egress) prefix classes in use
+    # prefix classes in use: (ingress, ingress any-identity, egress, egress any-identity)
+    plens: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def info(self) -> EndpointInfo:
-        return EndpointInfo(self.ep_id, self.identity, self.ip, self.flags, self.plens[0], self.plens[1])
+        return EndpointInfo(self.ep_id, self.identity, self.ip, self.flags, *self.plens)
 
 
 class Datapath:
@@ -203,7 +204,7 @@ class Datapath:
             info = EndpointInfo.unpack(v)
             self._endpoints[info.ep_id] = _EndpointState(info.ep_id, ifindex, info.address,
                                                          info.identity, flags=info.flags,
-                                                         plens=(info.plens_ingress, info.plens_egress))
+                                                         plens=info.plens)
         pol = self._maps["ost_policy"]
         for k, v in pol.items():
             ep = self._endpoints.get(PolicyMapKey.unpack(k).ep_id)
@@ -290,7 +291,7 @@ class Datapath:
             if old and old.ifindex != host_ifindex:
                 self._maps["ost_endpoints"].delete(IfindexKey(old.ifindex).pack())
             st = _EndpointState(ep_id, host_ifindex, ip, identity, host_ifname, flags,
-                                old.policy if old else {}, old.plens if old else (0, 0))
+                                old.policy if old else {}, old.plens if old else (0, 0, 0, 0))
             self._maps["ost_endpoints"].update(IfindexKey(host_ifindex).pack(), st.info().pack())
             self.upsert_ipcache(f"{ip}/32", identity)
             self._endpoints[ep_id] = st
@@ -386,9 +387,9 @@ class Datapath:
             flags_obj = policymap.flags_of(endpoint_policy)
             flags = ((EP_F_INGRESS_ENFORCED if flags_obj.ingress_enforced else 0)
                      | (EP_F_EGRESS_ENFORCED if flags_obj.egress_enforced else 0))
-            plens = [0, 0]
+            plens = [0, 0, 0, 0]
             for k in entries:
-                plens[k.direction & 1] |= 1 << policy_class(k.prefixlen)
+                plens[(k.direction & 1) * 2 + (k.identity == 0)] |= 1 << policy_class(k.prefixlen)
             pol = self._maps["ost_policy"]
             upserts = {k: v for k, v in desired.items() if st.policy.get(k) != v}
             deletes = [k for k in st.policy if k not in desired]
@@ -397,13 +398,13 @@ class Datapath:
             st.policy.update(upserts)
             # While old and new entries coexist the program probes both sets of prefix classes.
             st.flags = flags
-            st.plens = (st.plens[0] | plens[0], st.plens[1] | plens[1])
+            st.plens = tuple(a | b for a, b in zip(st.plens, plens))  # type: ignore[assignment]
             self._maps["ost_endpoints"].update(IfindexKey(st.ifindex).pack(), st.info().pack())
             for k in deletes:
                 pol.delete(k)
                 st.policy.pop(k, None)
-            if st.plens != (plens[0], plens[1]):
-                st.plens = (plens[0], plens[1])
+            if st.plens != tuple(plens):
+                st.plens = tuple(plens)  # type: ignore[assignment]
                 self._maps["ost_endpoints"].update(IfindexKey(st.ifindex).pack(), st.info().pack())
             return len(desired)
 

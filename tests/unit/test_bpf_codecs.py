@@ -62,7 +62,7 @@ def test_missing_clang_is_a_clear_error(tmp_path, monkeypatch):
 @pytest.mark.parametrize("obj", [
     maps.Lb4Key("10.96.0.1", 80, 6, 3), maps.Lb4Service(7, 3, 1, 9, 60), maps.Lb4Backend("10.0.0.2", 8080, 17),
     maps.RevNatKey(123456789, "10.0.0.2", 8080), maps.RevNatValue("10.96.0.1", 80, 4),
-    maps.IpcacheKey(24, "10.1.2.0"), maps.EndpointInfo(5, 1001, "10.0.0.5", 3),
+    maps.IpcacheKey(24, "10.1.2.0"), maps.EndpointInfo(5, 1001, "10.0.0.5", 3, 1, 2, 4, 8),
     maps.PolicyMapKey(5, 1, 1001, 6, 8080, 88), maps.PolicyMapEntry(3, 88, 15001, 12),
     maps.CtKey("10.0.0.1", "10.0.0.2", 40000, 80, 6, 1, 5), maps.CtEntry(10**12, 5, 1001, 0, 2),
     maps.AffinityKey(99, 3), maps.AffinityValue(10**9, 7),
