@@ -90,6 +90,8 @@ class Agent:
         # Called in order after an endpoint is created/updated/deleted: identity, policy, datapath, ...
         self.endpoint_hooks: list[Callable[[str, Endpoint], Awaitable[None]]] = []
         self.stop_hooks: list[Callable[[], Awaitable[None]]] = []
+        self.datapath: Any = None
+        self.proxy_ports: dict[str, int] = {}  # L7 parser → transparent proxy port (Envoy, Kafka proxy)
 
     # --- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -116,6 +118,8 @@ class Agent:
         self.reconcile_report = await asyncio.to_thread(self.endpoints.reconcile)
         for ep in self.endpoints.list():  # identities and policy for what survived the restart
             await self.endpoint_event("updated", ep)
+        if self.datapath is not None:
+            await self.datapath.reconcile()
         self.runner = await serve_unix(make_app(self.routes()), cfg.socket)
         log.info("agent ready", extra={"socket": cfg.socket, "state_dir": cfg.state_dir,
                                        "endpoints": len(self.endpoints.list()), "version": mesh.__version__})
@@ -152,6 +156,24 @@ class Agent:
         self.extra_routes += [self.identity.routes, self.policy.routes]
         self.components["identity"] = self.identity.status
         self.components["policy"] = self.policy.status
+        if self.config.datapath:
+            from mesh.components.datapath import DatapathComponent
+
+            self.datapath = DatapathComponent(self)
+            await self.datapath.start()
+            self.stop_hooks.append(self.datapath.stop)
+            self.endpoint_hooks.append(self.datapath.endpoint_changed)
+            self.policy.regenerate_hooks.append(self.datapath.policy_regenerated)
+            self.register_kind_handler(KindHandler(("Service",), validate=self.datapath.validate_services,
+                                                   apply=self.datapath.apply_service,
+                                                   delete=self.datapath.delete_service, order=40))
+            self.extra_routes.append(self.datapath.routes)
+            self.components["datapath"] = self.datapath.status
+        else:
+            # Without the datapath, Services are still accepted and kept for when it is enabled.
+            self.register_kind_handler(KindHandler(("Service",), apply=self._apply_stored,
+                                                   delete=self._delete_stored, order=40))
+            self.components["datapath"] = lambda: {"state": "disabled (--no-datapath)"}
 
     async def endpoint_event(self, event: str, ep: Endpoint) -> None:
         for hook in self.endpoint_hooks:

@@ -50,6 +50,7 @@ class AgentProcess:
         self.cgroup_name = f"ostium-test-{self.tag}"
         self.cgroup_root = os.path.join(cgroup2_mount() or "/sys/fs/cgroup", self.cgroup_name)
         self.pod_cidr = pod_cidr
+        self.pin_name = f"ostium-test-{self.tag}"
         self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(self.state_dir, "agent.log")
@@ -60,7 +61,8 @@ class AgentProcess:
     def start(self, wait: bool = True) -> "AgentProcess":
         argv = ["nsenter", f"--net=/var/run/netns/{self.node_ns}", *OSTIUM, "--socket", self.socket, "agent",
                 "--state-dir", self.state_dir, "--cgroup-root", self.cgroup_name, "--netns-prefix", self.prefix,
-                "--pod-cidr", self.pod_cidr, "--log-format", "json", *self.extra_args]
+                "--pod-cidr", self.pod_cidr, "--log-format", "json", "--bpf-pin-dir", self.pin_name,
+                *self.extra_args]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=REPO, env=self.env())
         log.close()
@@ -173,4 +175,6 @@ class AgentProcess:
                 if n.startswith(self.prefix):
                     subprocess.run(["ip", "netns", "del", n], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.node_ns], capture_output=True)
+        # Pinned BPF objects (links to the test cgroup and veths, maps): unpinning releases them.
+        shutil.rmtree(os.path.join("/sys/fs/bpf", self.pin_name), ignore_errors=True)
         shutil.rmtree(self.state_dir, ignore_errors=True)
