@@ -160,3 +160,24 @@ def make_http_app(observer: "Observer", metrics: "MetricsRegistry | None" = None
     app = make_app(routes(observer, metrics))
     app.router.add_get("/", _ui_redirect)
     return app
+
+
+DEFAULT_HTTP_PORT = 9962   # the port Cilium's agent uses for Prometheus
+
+
+async def serve_http(app: web.Application, host: str = "127.0.0.1", port: int = DEFAULT_HTTP_PORT
+                     ) -> tuple[web.AppRunner, int]:
+    """Serve make_http_app() on host:port (port 0: any free port). Returns (runner, bound port);
+    `await runner.cleanup()` stops it."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        from mesh.errors import ConfigError
+        raise ConfigError(f"cannot listen on {host}:{port} for metrics and the flow UI: {exc.strerror} "
+                          "(choose another port)") from None
+    bound = site._server.sockets[0].getsockname()[1] if site._server else port  # type: ignore[union-attr]
+    return runner, bound

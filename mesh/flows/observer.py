@@ -391,6 +391,12 @@ class Observer:
                 self.resync_clock()
 
 
+async def pump_datapath_events(observer: Observer, events: AsyncIterator[Any]) -> None:
+    """Feed decoded datapath events (Datapath.events() / an EventHub) into the observer."""
+    async for ev in events:
+        observer.ingest_datapath_event(ev)
+
+
 class _Scan:
     """A newest-first scan of the ring that can stop and resume (for query_async)."""
 

@@ -118,3 +118,38 @@ def test_follow_streams_new_flows(agent):
     while obs.subscribers:   # the agent notices the client left (write error or heartbeat)
         assert time.monotonic() < deadline, "follower not cleaned up after the client left"
         time.sleep(0.05)
+
+
+async def test_serve_http_on_loopback_and_port_in_use():
+    import aiohttp
+    from mesh.errors import ConfigError
+    from mesh.flows.api import make_http_app, serve_http
+    from mesh.flows.metrics import MetricsRegistry
+    obs = Observer(capacity=10, enricher=synthetic.enricher())
+    synthetic.star_wars(obs)
+    runner, port = await serve_http(make_http_app(obs, MetricsRegistry(obs)), port=0)
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{port}/ui/") as r:
+                assert r.status == 200 and "Service map" in await r.text()
+            async with s.get(f"http://127.0.0.1:{port}/v1/flows/status") as r:
+                assert (await r.json())["stored"] == 10
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port}"):
+            await serve_http(make_http_app(obs), port=port)
+    finally:
+        await runner.cleanup()
+
+
+async def test_pump_feeds_decoded_events():
+    from bpf.maps import Event
+    from mesh.flows.observer import pump_datapath_events
+    obs = Observer(capacity=10, enricher=synthetic.enricher())
+
+    async def events():
+        for i in range(3):
+            yield Event.unpack(synthetic.raw_event(257, 256, 80, sport=1000 + i))
+
+    await pump_datapath_events(obs, events())
+    flows, _ = obs.query()
+    assert [f.source.port for f in flows] == [1000, 1001, 1002]
+    assert flows[0].source.pod_name.startswith("xwing")

@@ -123,6 +123,13 @@ def test_map_and_flow_table(ui, browser):
         .some(c => c.textContent.includes(':8080'))""", timeout=10)
     wait_for(browser, """return !!document.querySelector('#edges .edge[data-source="default/tiefighter"][data-target="default/xwing"]')""")
 
+    # any CLI filter through the "more" box: drops towards identity 257 only
+    browser.find_element("css selector", "#flags").send_keys("--to-identity 257 --from-label=app=tiefighter")
+    browser.find_element("css selector", "#filters button").click()
+    wait_for(browser, """const r = [...document.querySelectorAll('#flow-rows tr')];
+        return r.length === 1 && r[0].querySelector('td.dst').textContent.includes(':8080 (ID:257)')""")
+    browser.find_element("css selector", "#flags").clear()
+
     # a bad filter shows the agent's message
     browser.find_element("css selector", "input[name=http-status]").send_keys("6x")
     browser.find_element("css selector", "#filters button").click()

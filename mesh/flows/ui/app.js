@@ -11,11 +11,33 @@ function el(tag, attrs, text) {
   return e;
 }
 
+// "--from-label app=x --http-status 5+" → [["from-label", "app=x"], ["http-status", "5+"]]
+function parseFlags(text) {
+  const words = text.match(/"[^"]*"|'[^']*'|\S+/g) || [];
+  const out = [];
+  for (let i = 0; i < words.length; i++) {
+    let w = words[i];
+    if (!w.startsWith("--")) throw new Error(`more filters: expected a --flag, got ${w}`);
+    w = w.slice(2);
+    let value;
+    if (w.includes("=")) {            // --flag=value (flag names have no "=")
+      [w, value] = [w.slice(0, w.indexOf("=")), w.slice(w.indexOf("=") + 1)];
+    } else {
+      value = words[++i];
+      if (value === undefined) throw new Error(`more filters: --${w} needs a value`);
+    }
+    out.push([w, value.replace(/^["']|["']$/g, "")]);
+  }
+  return out;
+}
+
 function readFilters() {
   const p = new URLSearchParams();
   for (const input of document.querySelectorAll("#filters input, #filters select")) {
     const v = input.value.trim();
-    if (v) p.append(input.name, v);
+    if (!v) continue;
+    if (input.name === "flags") for (const [k, val] of parseFlags(v)) p.append(k, val);
+    else p.append(input.name, v);
   }
   return p;
 }
@@ -250,7 +272,12 @@ function schedule() {
 
 document.getElementById("filters").addEventListener("submit", ev => {
   ev.preventDefault();
-  state.filters = readFilters();
+  try {
+    state.filters = readFilters();
+  } catch (err) {
+    document.getElementById("filter-error").textContent = err.message;
+    return;
+  }
   refresh();
 });
 document.getElementById("live").addEventListener("change", schedule);
