@@ -553,26 +553,31 @@ def flow_from_http_record(rec: Any, enricher: Enricher | None = None) -> Flow:
 
 
 _KAFKA_DENIED = {"deny", "denied", "drop", "dropped", "reject", "rejected", "false"}
+_KAFKA_ERROR = {"error", "failed"}
 
 
 def flow_from_kafka_record(rec: Any, enricher: Enricher | None = None) -> Flow:
-    """A Kafka proxy record (object or dict: api_key, api_version, topics, client_id, verdict,
-    latency, src/dst, correlation_id, error_code) → L7 Flow."""
+    """A Kafka proxy record (l7parsers.kafkaproxy.KafkaRecord, another object or a dict: api or
+    api_key, api_version, topics, client_id, verdict, latency_s|latency_ms|latency_ns, src/dst or
+    src_ip/src_port/dst_ip/dst_port, src_identity, correlation_id, error_code) → L7 Flow."""
     import time as _time
 
     enricher = enricher or Enricher()
     src = _get(rec, "src", "source", default=None)
     dst = _get(rec, "dst", "destination", default=None)
     sip, sport = _split_hostport(src) if src is not None else (
-        str(_get(rec, "source_ip", "src_ip", default="")), int(_get(rec, "source_port", "src_port", default=0)))
+        str(_get(rec, "src_ip", "source_ip", default="")), int(_get(rec, "src_port", "source_port", default=0)))
     dip, dport = _split_hostport(dst) if dst is not None else (
-        str(_get(rec, "destination_ip", "dst_ip", default="")),
-        int(_get(rec, "destination_port", "dst_port", default=0)))
+        str(_get(rec, "dst_ip", "destination_ip", default="")),
+        int(_get(rec, "dst_port", "destination_port", default=0)))
     verdict_raw = _get(rec, "verdict", "allowed", default="allowed")
     if isinstance(verdict_raw, bool):
-        denied = not verdict_raw
+        verdict = Verdict.FORWARDED if verdict_raw else Verdict.DROPPED
     else:
-        denied = _enum_name(verdict_raw).lower() in _KAFKA_DENIED
+        v = _enum_name(verdict_raw).lower()
+        verdict = Verdict.DROPPED if v in _KAFKA_DENIED else Verdict.ERROR if v in _KAFKA_ERROR \
+            else Verdict.FORWARDED
+    denied = verdict is Verdict.DROPPED
     error_code = int(_get(rec, "error_code", default=29 if denied else 0))
     topics = _get(rec, "topics", "topic", default=())
     if isinstance(topics, str):
@@ -580,8 +585,12 @@ def flow_from_kafka_record(rec: Any, enricher: Enricher | None = None) -> Flow:
     latency_ns = _get(rec, "latency_ns", default=None)
     if latency_ns is None:
         ms = _get(rec, "latency_ms", "duration_ms", default=None)
-        latency_ns = ms * 1e6 if ms is not None else float(_get(rec, "latency", default=0.0)) * 1e9
-    kafka = Kafka(api_key=_enum_name(_get(rec, "api_key", "api_name", default="")).lower(),
+        latency_ns = ms * 1e6 if ms is not None else float(_get(rec, "latency_s", "latency", default=0.0)) * 1e9
+    api = _get(rec, "api", "api_name", default=None)
+    if not api:
+        key = _get(rec, "api_key", default="")
+        api = _enum_name(key) if not isinstance(key, int) or isinstance(key, enum.Enum) else f"api-{key}"
+    kafka = Kafka(api_key=str(api).lower(),
                   api_version=int(_get(rec, "api_version", default=0)),
                   topics=tuple(str(t) for t in topics),
                   correlation_id=int(_get(rec, "correlation_id", default=0)),
@@ -589,11 +598,11 @@ def flow_from_kafka_record(rec: Any, enricher: Enricher | None = None) -> Flow:
                   client_id=str(_get(rec, "client_id", default="") or ""))
     return Flow(
         time=float(_get(rec, "time", default=_time.time())),
-        verdict=Verdict.DROPPED if denied else Verdict.FORWARDED, type=FlowType.L7,
-        source=endpoint_of(enricher.peer(sip), sip, sport),
+        verdict=verdict, type=FlowType.L7,
+        source=endpoint_of(enricher.peer(sip, int(_get(rec, "src_identity", default=0))), sip, sport),
         destination=endpoint_of(enricher.peer(dip), dip, dport),
         protocol="TCP",
-        drop_reason=L7_DENIED if denied else 0,
+        drop_reason=L7_DENIED if denied else L7_ERROR if verdict is Verdict.ERROR else 0,
         traffic_direction=_direction(_get(rec, "direction", default=None)),
         l7=L7(type=L7Type.REQUEST, latency_ns=int(latency_ns), kafka=kafka),
         destination_service=enricher.service(dip, dport),

@@ -137,3 +137,23 @@ def test_workload_names():
     assert workload_name("kafka-0", {}) == "kafka"
     assert workload_name("client", {}) == "client"
     assert workload_name("whatever-1", {"app": "web"}) == "web"
+
+
+def test_kafka_proxy_record_type():
+    from l7parsers.kafkaproxy import KafkaRecord, Verdict as KV
+    denied = KafkaRecord(time=1.0, verdict=KV.DENIED, src_ip="10.1.0.5", src_port=50000, dst_ip="10.1.0.9",
+                         dst_port=9092, api_key=0, api="produce", api_version=11, correlation_id=4,
+                         client_id="rebels", topics=("empire-announce",), src_identity=257, error_code=29,
+                         latency_s=0.0004)
+    f = flow_from_kafka_record(denied, enricher())
+    assert f.verdict is Verdict.DROPPED and f.drop_reason_desc == "L7_POLICY_DENIED"
+    assert (f.l7.kafka.api_key, f.l7.kafka.api_version, f.l7.kafka.topics) == ("produce", 11, ("empire-announce",))
+    assert f.l7.kafka.correlation_id == 4 and f.l7.kafka.client_id == "rebels" and f.l7.latency_ns == 400_000
+    assert f.source.identity == 257 and "app=xwing" in f.source.labels and f.destination.port == 9092
+    ok = KafkaRecord(time=2.0, verdict=KV.FORWARDED, src_ip="10.1.0.5", src_port=50000, dst_ip="10.1.0.9",
+                     dst_port=9092, api_key=1, api="fetch", topics=("deathstar-plans",))
+    g = flow_from_kafka_record(ok, enricher())
+    assert g.verdict is Verdict.FORWARDED and g.l7.kafka.error_code == 0 and g.l7.kafka.api_version == 0
+    err = KafkaRecord(time=3.0, verdict=KV.ERROR, src_ip="10.1.0.5", src_port=1, dst_ip="10.1.0.9", dst_port=9092,
+                      reason="cannot connect")
+    assert flow_from_kafka_record(err, enricher()).verdict is Verdict.ERROR
