@@ -17,7 +17,7 @@ import re
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from mesh.flows.model import DROP_REASONS
@@ -42,6 +42,10 @@ _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 _DIRECTIONS = {0: "ingress", 1: "egress"}
 _TYPES = {1: "trace", 2: "drop"}
 _VERDICTS = {1: "FORWARDED", 2: "REDIRECTED", 3: "DROPPED"}
+
+
+def _le(v: float) -> str:
+    return repr(float(v))
 
 
 def _type_short(type_url: str) -> str:
@@ -222,6 +226,19 @@ class _Collector:
         for (method, code, src, dst, verdict), n in sorted(obs.http_counts.items()):
             http.add_metric([method, str(code), src, dst, verdict], n)
         yield http
+        lat = HistogramMetricFamily("ostium_http_request_duration_seconds",
+                                    "Latency of HTTP/gRPC requests through the L7 proxy.",
+                                    labels=["method", "destination_workload"])
+        from mesh.flows.observer import LATENCY_BUCKETS
+        for (method, dst), (counts, total) in sorted(obs.http_latency.items()):
+            cum, buckets = 0, []
+            for le, n in zip(LATENCY_BUCKETS, counts):
+                cum += n
+                buckets.append((_le(le), cum))
+            cum += counts[-1]
+            buckets.append(("+Inf", cum))
+            lat.add_metric([method, dst], buckets, total[0])
+        yield lat
         kafka = CounterMetricFamily("ostium_kafka_requests", "Kafka requests seen by the Kafka proxy.",
                                     labels=["api_key", "topic", "verdict"])
         for (api, topic, verdict), n in sorted(obs.kafka_counts.items()):

@@ -16,6 +16,7 @@ receives a LostEvents marker with that count before its next flow.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import json
 import os
@@ -39,6 +40,7 @@ _VERDICTS = {1: Verdict.FORWARDED, 2: Verdict.REDIRECTED, 3: Verdict.DROPPED}
 _DIRECTIONS = {0: Direction.INGRESS, 1: Direction.EGRESS}
 
 DEFAULT_CAPACITY = 65536
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DEFAULT_SUBSCRIBER_QUEUE = 8192
 _ENRICH_CACHE_MAX = 65536
 
@@ -157,6 +159,8 @@ class Observer:
         self.l7_counts: dict[tuple[str, str, str], int] = {}          # (verdict, reason desc, dir)
         self.http_counts: dict[tuple[str, int, str, str, str], int] = {}  # method, code, src, dst, verdict
         self.kafka_counts: dict[tuple[str, str, str], int] = {}       # api, topic, verdict
+        # HTTP latency per (method, destination workload): [count per LATENCY_BUCKETS slot..., +Inf], sum
+        self.http_latency: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
         self.subscriber_lost_total = 0
 
     # ---- clock and enrichment ----
@@ -254,9 +258,17 @@ class Observer:
         if l7 is None:
             return
         if l7.http is not None:
-            hk = (l7.http.method, l7.http.code, workload_or_ip(flow.source),
-                  workload_or_ip(flow.destination), v)
+            dst = workload_or_ip(flow.destination)
+            hk = (l7.http.method, l7.http.code, workload_or_ip(flow.source), dst, v)
             self.http_counts[hk] = self.http_counts.get(hk, 0) + 1
+            if l7.http.code:   # a request with a response: its latency means something
+                lk = (l7.http.method, dst)
+                h = self.http_latency.get(lk)
+                if h is None:
+                    h = self.http_latency[lk] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
+                secs = l7.latency_ns / 1e9
+                h[0][bisect.bisect_left(LATENCY_BUCKETS, secs)] += 1
+                h[1][0] += secs
         elif l7.kafka is not None:
             for topic in l7.kafka.topics or ("",):
                 kk = (l7.kafka.api_key, topic, v)
@@ -380,15 +392,25 @@ class Observer:
         self.exporter.write([self.materialize(s).to_json() for s in pending])
         return len(pending)
 
-    async def run(self, export_interval: float = 0.5) -> None:
-        """Background duties: export flushes and clock resync. Run as a task in the agent."""
-        n = 0
+    async def run(self, export_interval: float = 0.5, enrichment_ttl: float = 10.0) -> None:
+        """Background duties: export flushes, clock resync, and forgetting cached enrichment every
+        `enrichment_ttl` seconds (so label/endpoint changes show up even if nobody calls
+        invalidate_enrichment). Run as a task in the agent."""
+        last_clear = last_sync = time.monotonic()
         while True:
             await asyncio.sleep(export_interval)
-            self.flush_export()
-            n += 1
-            if n % 120 == 0:
+            try:
+                self.flush_export()
+            except OSError as exc:   # a full disk must not stop the observer; say so once per batch
+                import logging
+                logging.getLogger("ostium.flows").warning("flow export failed", extra={"error": str(exc)})
+            now = time.monotonic()
+            if now - last_clear >= enrichment_ttl:
+                self._meta_cache.clear()
+                last_clear = now
+            if now - last_sync >= 60:
                 self.resync_clock()
+                last_sync = now
 
 
 async def pump_datapath_events(observer: Observer, events: AsyncIterator[Any]) -> None:

@@ -120,6 +120,12 @@ def test_prometheus_scrapes_flow_and_agent_metrics(metrics_app, prometheus):
                            'verdict="DROPPED"}', 3)
     wait_value(prometheus, 'ostium_flows_processed_total{type="trace",verdict="FORWARDED"}', 9)
     wait_value(prometheus, 'ostium_flows_processed_total{type="l7",verdict="DROPPED"}', 6)
+    wait_value(prometheus, 'ostium_http_request_duration_seconds_count{method="POST",'
+                           'destination_workload="default/deathstar"}', 6)
+    wait_value(prometheus, 'ostium_http_request_duration_seconds_bucket{method="POST",'
+                           'destination_workload="default/deathstar",le="0.001"}', 0)
+    wait_value(prometheus, 'ostium_http_request_duration_seconds_bucket{method="POST",'
+                           'destination_workload="default/deathstar",le="0.0025"}', 6)
     wait_value(prometheus, "ostium_endpoints", 6)
     wait_value(prometheus, "ostium_policy_revision", 42)
     wait_value(prometheus, 'ostium_bpf_map_fill_ratio{map_name="ost_policy"}', 0.25)
