@@ -25,7 +25,7 @@ import struct
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Callable
 
 from mesh.flows.model import (
     DROP_REASONS, Direction, Endpoint, EndpointMeta, Enricher, Flow, FlowType, PROTO_NAMES, Verdict,
