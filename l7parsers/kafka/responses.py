@@ -117,6 +117,12 @@ def _classes() -> dict[tuple[int, str], Any]:
                 out.setdefault((sub.API_KEY, sub.type), sub)
             walk(sub)
     walk(ApiMessage)
+    # APIs kafka-python does not ship: classes from our own schema files, same codec.
+    from kafka.protocol.api_message import ApiMessageData
+    from l7parsers.kafka.schemas import EXTRA_PACKAGE, extra_names
+    for name in extra_names():
+        cls = ApiMessageData(name, (ApiMessage,), {"__module__": __name__}, load_json=EXTRA_PACKAGE)
+        out.setdefault((cls.API_KEY, cls.type), cls)
     return out
 
 

@@ -5,9 +5,9 @@ from Kafka itself rather than from hand-written tables. Loading reads the files 
 installed kafka-python distribution: importing the `kafka` package itself costs ~0.2 s (it pulls in
 the whole client), which `ostium kafka decode` and the proxy's start-up do not need to pay.
 
-A few APIs current clients may send are missing from kafka-python 3.0.12 (ConsumerGroupHeartbeat, the
-KIP-848 consumer protocol); their layouts are written out in `EXTRA_SCHEMAS` below, from Kafka's
-protocol documentation.
+A few APIs current clients send are missing from kafka-python 3.0.12 (ConsumerGroupHeartbeat from the
+KIP-848 consumer protocol, KIP-714 client telemetry); their layouts are in `extra_schemas/`, in Kafka's
+JSON format, written from Kafka's protocol guide.
 """
 
 from __future__ import annotations
@@ -89,57 +89,34 @@ class ApiSchema:
         return in_range(self.flexible, version)
 
 
-def _s(name: str, typ: str, versions: str = "0+", **kw: Any) -> dict[str, Any]:
-    return {"name": name, "type": typ, "versions": versions, **kw}
+EXTRA_PACKAGE = "l7parsers.kafka.extra_schemas"
+_EXTRA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "extra_schemas")
 
 
-# KIP-848 consumer group heartbeat (API key 68), versions 0-1, all flexible. Written from Kafka's
-# protocol guide; kafka-python 3.0.12 does not ship it.
-_TOPIC_PARTITIONS = [_s("TopicId", "uuid"), _s("Partitions", "[]int32")]
-EXTRA_SCHEMAS: dict[str, dict[str, Any]] = {
-    "ConsumerGroupHeartbeatRequest": {
-        "apiKey": 68, "type": "request", "name": "ConsumerGroupHeartbeatRequest",
-        "validVersions": "0-1", "flexibleVersions": "0+",
-        "fields": [
-            _s("GroupId", "string", entityType="groupId"),
-            _s("MemberId", "string"),
-            _s("MemberEpoch", "int32"),
-            _s("InstanceId", "string", nullableVersions="0+", default="null"),
-            _s("RackId", "string", nullableVersions="0+", default="null"),
-            _s("RebalanceTimeoutMs", "int32", default="-1"),
-            _s("SubscribedTopicNames", "[]string", nullableVersions="0+", default="null", entityType="topicName"),
-            _s("SubscribedTopicRegex", "string", "1+", nullableVersions="1+", default="null"),
-            _s("ServerAssignor", "string", nullableVersions="0+", default="null"),
-            _s("TopicPartitions", "[]TopicPartitions", nullableVersions="0+", default="null",
-               fields=_TOPIC_PARTITIONS),
-        ],
-    },
-    "ConsumerGroupHeartbeatResponse": {
-        "apiKey": 68, "type": "response", "name": "ConsumerGroupHeartbeatResponse",
-        "validVersions": "0-1", "flexibleVersions": "0+",
-        "fields": [
-            _s("ThrottleTimeMs", "int32"),
-            _s("ErrorCode", "int16"),
-            _s("ErrorMessage", "string", nullableVersions="0+", default="null"),
-            _s("MemberId", "string", nullableVersions="0+", default="null"),
-            _s("MemberEpoch", "int32"),
-            _s("HeartbeatIntervalMs", "int32"),
-            _s("Assignment", "Assignment", nullableVersions="0+", default="null",
-               fields=[_s("TopicPartitions", "[]TopicPartitions", fields=_TOPIC_PARTITIONS)]),
-        ],
-    },
-}
+def extra_names() -> list[str]:
+    """Message names defined in extra_schemas/ (APIs kafka-python does not ship)."""
+    return sorted(f[:-5] for f in os.listdir(_EXTRA_DIR) if f.endswith(".json"))
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    data = _load_file(name)
+    if data is None:
+        path = os.path.join(_EXTRA_DIR, name + ".json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+    return data
 
 
 @lru_cache(maxsize=1)
 def all_schemas() -> dict[int, ApiSchema]:
-    """API key → schema, for every request kafka-python ships plus EXTRA_SCHEMAS."""
+    """API key → schema, for every request kafka-python ships plus those in extra_schemas/."""
     out: dict[int, ApiSchema] = {}
     names = [f[:-len("Request.json")] for f in os.listdir(_resource_dir()) if f.endswith("Request.json")]
-    names += [n[:-len("Request")] for n in EXTRA_SCHEMAS if n.endswith("Request")]
+    names += [n[:-len("Request")] for n in extra_names() if n.endswith("Request")]
     for base in sorted(set(names)):
-        req = EXTRA_SCHEMAS.get(base + "Request") or _load_file(base + "Request")
-        resp = EXTRA_SCHEMAS.get(base + "Response") or _load_file(base + "Response")
+        req = _load(base + "Request")
+        resp = _load(base + "Response")
         if req is None or "apiKey" not in req:
             continue
         valid = parse_versions(req["validVersions"])
