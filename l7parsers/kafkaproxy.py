@@ -250,7 +250,8 @@ class _Connection:
 
     async def run(self) -> None:
         proxy = self.proxy
-        if proxy.transparent and self.dst == proxy.address[:2]:
+        if proxy.transparent and self.dst[1] == proxy.address[1]:
+            # Dialled the proxy's own port (not a redirected flow): forwarding would loop back to us.
             proxy._emit(self._record(Verdict.ERROR, reason="connection addressed to the proxy itself"))
             return
         try:
