@@ -317,7 +317,7 @@ class Agent:
             return results
 
     async def delete_manifests(self, docs: list[Document]) -> list[dict[str, str]]:
-        parsed = parse_documents(docs)
+        parsed = parse_documents(docs, allow_duplicates=True)
         results = []
         async with self.change_lock:
             for p in sorted(parsed, key=lambda x: -self.handlers[x.kind].order if x.kind in self.handlers else 0):

@@ -195,10 +195,13 @@ def parse_document(doc: Document) -> Parsed:
     return Parsed(doc=doc, kind=kind, namespace=namespace or "", name=str(name), obj=obj)
 
 
-def parse_documents(docs: Sequence[Document]) -> list[Parsed]:
-    """Validate every document; raise on the first bad one, so nothing is applied."""
+def parse_documents(docs: Sequence[Document], *, allow_duplicates: bool = False) -> list[Parsed]:
+    """Validate every document; raise on the first bad one, so nothing is applied.
+    With `allow_duplicates` (deletes) an object named twice is kept once."""
     parsed = [parse_document(d) for d in docs]
     seen: dict[tuple[str, str, str], Parsed] = {}
+    if allow_duplicates:
+        return [seen.setdefault(p.key, p) for p in parsed if p.key not in seen]
     for p in parsed:
         if p.key in seen:
             first = seen[p.key]

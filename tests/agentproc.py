@@ -127,9 +127,14 @@ class AgentProcess:
                               text=True, timeout=timeout, check=check)
 
     def raw_exec(self, key: str, *argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
-        """Run a command in endpoint `NAMESPACE.NAME`'s netns without asking the agent (it may be down)."""
-        return subprocess.run(["nsenter", f"--net=/var/run/netns/{self.prefix}{key}", *argv], capture_output=True,
-                              text=True, timeout=timeout)
+        """Run a command in endpoint `NAMESPACE.NAME`'s netns and cgroup without asking the agent (it may be
+        down). The cgroup matters: socket-level service translation applies to the endpoints' cgroups."""
+        return subprocess.run(self.raw_argv(key, *argv), capture_output=True, text=True, timeout=timeout)
+
+    def raw_argv(self, key: str, *argv: str) -> list[str]:
+        cg = os.path.join(self.cgroup_root, key, "cgroup.procs")
+        return ["sh", "-c", f'echo $$ > {cg} && exec nsenter --net=/var/run/netns/{self.prefix}{key} "$@"', "sh",
+                *argv]
 
     def ep_exec(self, name: str, *argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
         return self.cli("endpoint", "exec", name, "--", *argv, check=False, timeout=timeout)

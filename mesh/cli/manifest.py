@@ -20,12 +20,12 @@ def register(sub) -> None:
     d.set_defaults(func=delete)
 
 
-def _load(args):
+def _load(args, allow_duplicates: bool = False):
     from mesh.manifests import load_documents, parse_documents
 
     stdin = sys.stdin.read() if "-" in args.filename else None
     docs = load_documents(args.filename, stdin_text=stdin)
-    parse_documents(docs)  # validate locally first: a clear error without a round trip
+    parse_documents(docs, allow_duplicates=allow_duplicates)  # validate locally: a clear error, no round trip
     return docs
 
 
@@ -53,7 +53,7 @@ def apply(args) -> int:
 
 
 def delete(args) -> int:
-    docs = _load(args)
+    docs = _load(args, allow_duplicates=True)
     out = APIClient(args.socket).post("/v1/delete", {"documents": [d.to_json() for d in docs]})
     _print(out["results"], args.output)
     return 0

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Deathstar(BaseHTTPRequestHandler):
     server_version = "deathstar/1.0"
+    protocol_version = "HTTP/1.1"  # keep-alive: one connection carries many requests
 
     def _answer(self, code: int, body: str) -> None:
         data = body.encode()
