@@ -57,8 +57,7 @@ async def flows_handler(observer: "Observer", request: web.Request) -> web.Strea
     flt = parse_filters(params, ignore=_NON_FILTER)
     follow = request.query.get("follow", "").lower() in _TRUE
     if not follow:
-        flows, incomplete = await observer.query_async(flt.match, last=flt.last, since=flt.since,
-                                                       until=flt.until, sides=flt.sides_may_match)
+        flows, incomplete = await observer.query_async(flt, last=flt.last, since=flt.since, until=flt.until)
         headers = {"X-Ostium-Flows-Lost": str(observer.lost)} if incomplete else {}
         return web.Response(text=_dumps([f.to_json() for f in flows]), content_type="application/json",
                             headers=headers)
@@ -68,7 +67,7 @@ async def flows_handler(observer: "Observer", request: web.Request) -> web.Strea
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
     await resp.prepare(request)
     try:
-        async for item in observer.follow(flt.match, last=flt.last or 0, since=flt.since,
+        async for item in observer.follow(flt, last=flt.last or 0, since=flt.since,
                                           heartbeat=HEARTBEAT_SECONDS):
             if item is None:   # idle: has the client gone?
                 if request.transport is None or request.transport.is_closing():
@@ -89,8 +88,7 @@ async def flows_status_handler(observer: "Observer", request: web.Request) -> we
 async def servicemap_handler(observer: "Observer", request: web.Request) -> web.Response:
     flt = parse_filters(_params(request), ignore=_NON_FILTER)
     last = flt.last if flt.last is not None or flt.since is not None else SERVICEMAP_DEFAULT_LAST
-    flows, incomplete = await observer.query_async(flt.match, last=last, since=flt.since, until=flt.until,
-                                                   sides=flt.sides_may_match)
+    flows, incomplete = await observer.query_async(flt, last=last, since=flt.since, until=flt.until)
     data = service_map(flows)
     data["flows"] = len(flows)
     data["lost"] = observer.lost if incomplete else 0

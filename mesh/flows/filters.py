@@ -61,6 +61,10 @@ class FlowFilter:
     # labels, namespace and pod of an Endpoint): the observer checks them on stored slots before
     # building a Flow, so a selective query over a full ring stays cheap.
     side_predicates: tuple[Callable[[object, object], bool], ...] = ()
+    # Necessary conditions on datapath record fields, declaratively (the observer compiles them
+    # against its raw record layout): (field, allowed values) per flag; fields: verdict, type,
+    # drop_reason, protocol, direction, src_port, dst_port, any_port, src_ip, dst_ip, any_ip.
+    record_criteria: tuple[tuple[str, frozenset], ...] = ()
     since: float | None = None
     until: float | None = None
     last: int | None = None
@@ -274,12 +278,31 @@ def _global_pred(flag: str, value: str) -> Pred:
     raise AssertionError(flag)
 
 
+def _record_criterion(flag: str, values: list[str]) -> tuple[str, frozenset] | None:
+    """The datapath-record form of an (already validated) global flag, or None."""
+    if flag == "verdict":
+        return ("verdict", frozenset(v.strip().upper() for v in values))
+    if flag == "type":
+        return ("type", frozenset(v.strip().lower() for v in values))
+    if flag == "drop-reason":
+        return ("drop_reason", frozenset(int(v) if v.strip().isdigit() else DROP_REASON_CODES[v.strip().upper()]
+                                         for v in values))
+    if flag == "protocol":
+        return ("protocol", frozenset(_PROTOCOLS[v.strip().lower()] for v in values))
+    if flag == "traffic-direction":
+        return ("direction", frozenset(v.strip().upper() for v in values))
+    if flag.startswith(("http-", "kafka-")):
+        return ("type", frozenset({"l7"}))   # datapath records never match an L7 filter
+    return None
+
+
 def parse_filters(params: Mapping[str, Iterable[str] | str], now: float | None = None,
                   ignore: Iterable[str] = ()) -> FlowFilter:
     """Flag name → values (a str or a list) → FlowFilter. Unknown names are errors."""
     ignored = set(ignore)
     preds: list[Pred] = []
     side_preds: list[Callable[[object, object], bool]] = []
+    criteria: list[tuple[str, frozenset]] = []
     since = until = None
     last: int | None = None
     asked: list[tuple[str, tuple[str, ...]]] = []
@@ -319,8 +342,16 @@ def parse_filters(params: Mapping[str, Iterable[str] | str], now: float | None =
                 side_pred = (lambda p: lambda s, d: p(s) or p(d))(one)
             if kind in _META_KINDS:
                 side_preds.append(side_pred)
+            elif kind in ("port", "ip"):
+                field = {"from": "src_", "to": "dst_"}.get(side, "any_") + kind
+                norm = (lambda v: int(v)) if kind == "port" else (lambda v: str(__import__("ipaddress").ip_address(v)))
+                criteria.append((field, frozenset(norm(v) for v in values)))
             continue
         preds.append(_any([_global_pred(flag, v) for v in values]))
+        crit = _record_criterion(flag, values)
+        if crit is not None:
+            criteria.append(crit)
     if since is not None and until is not None and since > until:
         raise _err("since", "--since is later than --until")
-    return FlowFilter(predicates=tuple(preds), side_predicates=tuple(side_preds), since=since, until=until, last=last, flags=tuple(asked))
+    return FlowFilter(predicates=tuple(preds), side_predicates=tuple(side_preds),
+                      record_criteria=tuple(criteria), since=since, until=until, last=last, flags=tuple(asked))

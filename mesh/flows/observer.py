@@ -312,24 +312,28 @@ class Observer:
 
     def query(self, match: Callable[[Flow], bool] | None = None, last: int | None = None,
               since: float | None = None, until: float | None = None,
-              sides: Callable[[Any, Any], bool] | None = None) -> tuple[list[Flow], bool]:
+              sides: Callable[[Any, Any], bool] | None = None,
+              records: Callable[[tuple], bool] | None = None) -> tuple[list[Flow], bool]:
         """Flows (oldest first) that pass `match` within [since, until]; the newest `last` of them.
 
         `sides(src_meta, dst_meta)`: an optional necessary condition checked on a datapath slot's
-        enrichment before its Flow is built (FlowFilter.sides_may_match).
+        enrichment before its Flow is built (FlowFilter.sides_may_match); `records(raw tuple)` one
+        on its raw record (compile_record_criteria(FlowFilter.record_criteria)).
+        A FlowFilter can be passed as `match`: its prefilters are then used automatically.
         Returns (flows, incomplete): incomplete is True when the ring has overwritten flows that
         could have belonged to the answer (the scan reached the oldest stored flow)."""
-        state = _Scan(self, match, last, since, until, sides)
+        state = _Scan(self, *_prefilters(match, sides, records), last, since, until)
         state.run(None)
         return state.result()
 
     async def query_async(self, match: Callable[[Flow], bool] | None = None, last: int | None = None,
                           since: float | None = None, until: float | None = None,
                           sides: Callable[[Any, Any], bool] | None = None,
+                          records: Callable[[tuple], bool] | None = None,
                           chunk: int = 4096) -> tuple[list[Flow], bool]:
         """query() that yields to the event loop every `chunk` slots, so a scan of a full ring
         never holds up ingest or other clients. Slots overwritten meanwhile are skipped."""
-        state = _Scan(self, match, last, since, until, sides)
+        state = _Scan(self, *_prefilters(match, sides, records), last, since, until)
         while not state.run(chunk):
             await asyncio.sleep(0)
         return state.result()
@@ -419,11 +423,67 @@ async def pump_datapath_events(observer: Observer, events: AsyncIterator[Any]) -
         observer.ingest_datapath_event(ev)
 
 
+def _prefilters(match: Any, sides: Any, records: Any) -> tuple[Any, Any, Any]:
+    """(match, sides, records): a FlowFilter-like `match` brings its own prefilters."""
+    if hasattr(match, "sides_may_match") and hasattr(match, "record_criteria"):
+        if sides is None and match.side_predicates:
+            sides = match.sides_may_match
+        if records is None:
+            records = compile_record_criteria(match.record_criteria)
+        match = match.match
+    return match, sides, records
+
+
+_PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "ICMPv4": 1, "SCTP": 132}
+_VERDICT_CODES = {"FORWARDED": 1, "REDIRECTED": 2, "DROPPED": 3}
+
+
+def compile_record_criteria(criteria: tuple[tuple[str, frozenset], ...]) -> Callable[[tuple], bool] | None:
+    """FlowFilter.record_criteria → a check on an unpacked struct trace_event (the _RAW layout:
+    1 type, 2 reason, 3 direction, 4 proto, 9 saddr, 10 daddr, 11 sport, 12 dport (as read:
+    byte-swapped), 14 verdict), True when the record may match."""
+    if not criteria:
+        return None
+    checks: list[Callable[[tuple], bool]] = []
+    for field, allowed in criteria:
+        if field == "verdict":
+            codes = frozenset(_VERDICT_CODES[v] for v in allowed if v in _VERDICT_CODES)
+            checks.append(lambda r, c=codes: r[14] in c)
+        elif field == "type":
+            want_drop, want_trace = "drop" in allowed, "trace" in allowed
+            checks.append(lambda r, d=want_drop, t=want_trace: (d if (r[1] == 2 or r[14] == 3) else t))
+        elif field == "drop_reason":
+            checks.append(lambda r, c=allowed: r[14] == 3 and r[2] in c)
+        elif field == "protocol":
+            nums = frozenset(_PROTO_NUMBERS[p] for p in allowed if p in _PROTO_NUMBERS)
+            checks.append(lambda r, c=nums: r[4] in c)
+        elif field == "direction":
+            dirs = frozenset({"INGRESS": 0, "EGRESS": 1}[d] for d in allowed)
+            checks.append(lambda r, c=dirs: r[3] in c)
+        elif field.endswith("_port"):
+            raw = frozenset(_swap16(p) for p in allowed)
+            idx = {"src_port": (11,), "dst_port": (12,), "any_port": (11, 12)}[field]
+            checks.append(lambda r, c=raw, i=idx: r[4] != 1 and any(r[j] in c for j in i))
+        elif field.endswith("_ip"):
+            raw = frozenset(socket.inet_aton(ip) for ip in allowed if ":" not in ip)
+            idx = {"src_ip": (9,), "dst_ip": (10,), "any_ip": (9, 10)}[field]
+            checks.append(lambda r, c=raw, i=idx: any(r[j] in c for j in i))
+
+    def check(r: tuple) -> bool:
+        for c in checks:
+            if not c(r):
+                return False
+        return True
+
+    return check
+
+
 class _Scan:
     """A newest-first scan of the ring that can stop and resume (for query_async)."""
 
-    def __init__(self, obs: Observer, match, last, since, until, sides) -> None:
-        self.obs, self.match, self.last, self.since, self.until, self.sides = obs, match, last, since, until, sides
+    def __init__(self, obs: Observer, match, sides, records, last, since, until) -> None:
+        self.obs, self.match, self.last, self.since, self.until = obs, match, last, since, until
+        self.sides, self.records = sides, records
         self.seq = obs.seen - 1
         self.out: list[Flow] = []
         self.reached_oldest = True
@@ -447,6 +507,9 @@ class _Scan:
             if (until is not None and wall > until) or (since is not None and wall < since):
                 continue
             if sides is not None and slot[3] is not None and not sides(slot[3], slot[4]):
+                continue
+            if self.records is not None and slot[3] is not None and type(slot[2]) is bytes \
+                    and not self.records(_RAW.unpack_from(slot[2])):
                 continue
             flow = obs.materialize(slot)
             if match is None or match(flow):

@@ -191,3 +191,29 @@ async def test_async_query_yields_and_skips_slots_overwritten_meanwhile():
     assert ports == sorted(ports) and len(set(ports)) == len(ports)
     assert ports[-10:] == list(range(90, 100))      # what it had when it started, newest first
     assert all(p >= 50 for p in ports) and incomplete
+
+
+PREFILTER_CASES = [
+    {"verdict": "DROPPED"}, {"verdict": ["FORWARDED", "REDIRECTED"]}, {"type": "drop"}, {"type": "trace"},
+    {"type": "l7"}, {"drop-reason": "POLICY_DENIED"}, {"drop-reason": "11"}, {"protocol": "udp"},
+    {"protocol": ["icmp", "tcp"]}, {"protocol": "http"}, {"traffic-direction": "egress"}, {"to-port": "22"},
+    {"from-port": "5353"}, {"port": ["80", "53"]}, {"port": "8"}, {"from-ip": "10.200.0.11"},
+    {"ip": "10.200.0.10"}, {"to-ip": "10.200.0.10", "verdict": "DROPPED"}, {"http-status": "4+"},
+    {"kafka-topic": "empire-announce"}, {"from-label": "app=xwing", "to-port": "80"},
+    {"verdict": "DROPPED", "from-pod": "default/xwing", "protocol": "tcp"},
+]
+
+
+@pytest.mark.parametrize("flags", PREFILTER_CASES, ids=[str(c) for c in PREFILTER_CASES])
+def test_prefilters_never_change_the_answer(flags):
+    from mesh.flows import synthetic
+    obs = Observer(capacity=500, enricher=synthetic.enricher())
+    synthetic.star_wars(obs, 3)
+    obs.ingest_datapath_raw(synthetic.raw_event(257, 258, 8, proto=1, flags=0))            # ICMP type 8
+    obs.ingest_datapath_raw(synthetic.raw_event(257, 2, 443, ingress=False, sport=80))      # egress
+    obs.ingest_datapath_raw(synthetic.raw_event(257, 256, 80, drop=True, reason=10))        # deny rule
+    obs.ingest_datapath_event(Event.unpack(synthetic.raw_event(258, 256, 22, drop=True)))  # decoded path
+    flt = parse_filters(flags)
+    plain, _ = obs.query(flt.match)
+    fast, _ = obs.query(flt)
+    assert [f.uuid for f in plain] == [f.uuid for f in fast]
