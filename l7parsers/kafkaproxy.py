@@ -238,6 +238,10 @@ class _Connection:
         self.awaiting: deque[_Slot] = deque()  # forwarded slots whose broker response has not come yet
         self.up_writer: asyncio.StreamWriter | None = None
         self.closing = False
+        self.timed_out = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._pump_up: asyncio.Task | None = None
+        self._last_read = asyncio.get_running_loop().time()
 
     def _record(self, verdict: Verdict, req: Request | None = None, **kw) -> KafkaRecord:
         base = dict(time=time.time(), verdict=verdict, src_ip=self.src[0], src_port=self.src[1],
@@ -262,16 +266,22 @@ class _Connection:
             return
         pump_up = asyncio.ensure_future(self._client_to_broker())
         pump_down = asyncio.ensure_future(self._broker_to_client(up_reader))
+        self._pump_up = pump_up
+        self._arm_timer()
         try:
             done, _ = await asyncio.wait({pump_up, pump_down}, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
-                exc = t.exception()
+                exc = None if t.cancelled() else t.exception()
                 if exc is not None and not isinstance(exc, _Close):
                     raise exc
+            if self.timed_out:
+                return
             # The client side ended first: let responses still owed to it arrive (bounded), then close.
             if pump_up in done and not pump_down.done() and self.queue and not self.closing:
                 await asyncio.wait({pump_down}, timeout=proxy.frame_timeout)
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
             for t in (pump_up, pump_down):
                 t.cancel()
             await asyncio.gather(pump_up, pump_down, return_exceptions=True)
@@ -279,25 +289,52 @@ class _Connection:
 
     # client → broker ---------------------------------------------------------------------------------
 
-    async def _read_client(self) -> bytes:
+    # One timer per connection instead of a wait_for() per read (which costs a task per read): each read
+    # only moves the deadline; the timer re-arms itself until the deadline really passes.
+    def _deadline(self) -> float | None:
+        timeout = self.proxy.frame_timeout if self.requests.partial_frame else self.proxy.idle_timeout
+        return None if timeout is None else self._last_read + timeout
+
+    def _arm_timer(self) -> None:
+        deadline = self._deadline()
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._deadline()
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._timer = loop.call_at(deadline, self._on_timer)
+            return
         proxy = self.proxy
-        timeout = proxy.frame_timeout if self.requests.partial_frame else proxy.idle_timeout
-        if timeout is None:
-            return await self.reader.read(READ_SIZE)
-        try:
-            return await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
-        except asyncio.TimeoutError:
-            proxy.counters.timeouts += 1
-            what = "an unfinished frame" if self.requests.partial_frame else "an idle connection"
-            proxy._emit(self._record(Verdict.ERROR, reason=f"timeout on {what} after {timeout:g}s"))
-            raise _Close() from None
+        proxy.counters.timeouts += 1
+        partial = self.requests.partial_frame
+        timeout = proxy.frame_timeout if partial else proxy.idle_timeout
+        what = "an unfinished frame" if partial else "an idle connection"
+        proxy._emit(self._record(Verdict.ERROR, reason=f"timeout on {what} after {timeout:g}s"))
+        self.timed_out = True
+        if self._pump_up is not None:
+            self._pump_up.cancel()
+
+    def _touch(self) -> None:
+        """After each read: move the deadline; re-arm only when it moved earlier (a frame has started)."""
+        loop = asyncio.get_running_loop()
+        self._last_read = loop.time()
+        deadline = self._deadline()
+        if deadline is not None and (self._timer is None or deadline < self._timer.when()):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(deadline, self._on_timer)
 
     async def _client_to_broker(self) -> None:
         proxy = self.proxy
         assert self.up_writer is not None
         while True:
             try:
-                data = await self._read_client()
+                data = await self.reader.read(READ_SIZE)
             except ConnectionError:
                 data = b""
             self.requests.receive_data(data)
@@ -322,6 +359,7 @@ class _Connection:
                     reason=f"malformed request: {event.reason}"))
                 self.closing = True
                 raise _Close()
+            self._touch()
             if forwarded:
                 await self.up_writer.drain()
             self._flush()

@@ -255,6 +255,22 @@ async def test_a_client_that_never_finishes_a_frame_is_timed_out(rig):
     assert "unfinished frame" in records[-1].reason
 
 
+async def test_an_idle_connection_is_closed_after_the_idle_timeout(rig):
+    broker, _, _, _ = rig
+    records = []
+    proxy = KafkaProxy(policy_for=lambda s, d, p: None, identity_for=lambda ip: 1, on_record=records.append,
+                       upstream=broker.server.sockets[0].getsockname()[:2], idle_timeout=0.3, frame_timeout=5)
+    await proxy.start()
+    try:
+        reader, writer = await asyncio.open_connection(*proxy.address)
+        writer.write(produce(["orders"], 1))
+        await read_frame(reader)  # a finished exchange, then silence
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert proxy.counters.timeouts == 1 and "idle connection" in records[-1].reason
+    finally:
+        await proxy.close()
+
+
 async def test_policy_callback_failure_fails_closed(rig):
     broker, proxy, records, state = rig
     state["policy"] = RuntimeError("policy store unavailable")
