@@ -152,10 +152,37 @@ def routes(observer: "Observer", metrics: "MetricsRegistry | None" = None) -> li
     return out
 
 
-def make_http_app(observer: "Observer", metrics: "MetricsRegistry | None" = None) -> web.Application:
-    """The TCP-side app (serve it on 127.0.0.1:PORT): metrics, UI, flows and service map."""
+def _host_allowed(host: str, allowed: frozenset[str]) -> bool:
+    import ipaddress
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    name = name.strip("[]").lower()
+    if name in allowed:
+        return True
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def make_http_app(observer: "Observer", metrics: "MetricsRegistry | None" = None,
+                  allowed_hosts: "frozenset[str] | set[str]" = frozenset({"localhost"})) -> web.Application:
+    """The TCP-side app (serve it on 127.0.0.1:PORT): metrics, UI, flows and service map.
+
+    Requests must name the server by an IP address or one of `allowed_hosts` in their Host
+    header: a web page elsewhere cannot read the flows through DNS rebinding."""
     from mesh.api.server import make_app
+    allowed = frozenset(h.lower() for h in allowed_hosts)
+
+    @web.middleware
+    async def host_guard(request: web.Request, handler):
+        if not _host_allowed(request.host or "", allowed):
+            return web.json_response({"error": {"type": "ValidationError", "message":
+                                                f"Host {request.host!r} is not allowed here"}}, status=403)
+        return await handler(request)
+
     app = make_app(routes(observer, metrics))
+    app.middlewares.append(host_guard)
     app.router.add_get("/", _ui_redirect)
     return app
 

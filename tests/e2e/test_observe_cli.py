@@ -134,6 +134,10 @@ async def test_serve_http_on_loopback_and_port_in_use():
                 assert r.status == 200 and "Service map" in await r.text()
             async with s.get(f"http://127.0.0.1:{port}/v1/flows/status") as r:
                 assert (await r.json())["stored"] == 10
+            async with s.get(f"http://127.0.0.1:{port}/v1/flows", headers={"Host": "evil.example:80"}) as r:
+                assert r.status == 403          # DNS rebinding: another site's name for us
+            async with s.get(f"http://127.0.0.1:{port}/metrics", headers={"Host": f"localhost:{port}"}) as r:
+                assert r.status == 200 and "ostium_flows_ring_stored 10.0" in await r.text()
         with pytest.raises(ConfigError, match=f"127.0.0.1:{port}"):
             await serve_http(make_http_app(obs), port=port)
     finally:
