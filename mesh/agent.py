@@ -91,6 +91,7 @@ class Agent:
         self.endpoint_hooks: list[Callable[[str, Endpoint], Awaitable[None]]] = []
         self.stop_hooks: list[Callable[[], Awaitable[None]]] = []
         self.datapath: Any = None
+        self.l7proxy: Any = None
         self.proxy_ports: dict[str, int] = {}  # L7 parser → transparent proxy port (Envoy, Kafka proxy)
 
     # --- lifecycle ------------------------------------------------------------------------------------
@@ -156,6 +157,11 @@ class Agent:
         self.extra_routes += [self.identity.routes, self.policy.routes]
         self.components["identity"] = self.identity.status
         self.components["policy"] = self.policy.status
+        if self.config.envoy:
+            from mesh.components.l7proxy import L7ProxyComponent
+
+            self.l7proxy = L7ProxyComponent(self)
+            self.proxy_ports.update(self.l7proxy.proxy_ports)
         if self.config.datapath:
             from mesh.components.datapath import DatapathComponent
 
@@ -174,6 +180,14 @@ class Agent:
             self.register_kind_handler(KindHandler(("Service",), apply=self._apply_stored,
                                                    delete=self._delete_stored, order=40))
             self.components["datapath"] = lambda: {"state": "disabled (--no-datapath)"}
+        if self.l7proxy is not None:
+            await self.l7proxy.start()
+            self.stop_hooks.append(self.l7proxy.stop)
+            self.policy.regenerate_hooks.append(self.l7proxy.policy_regenerated)
+            self.extra_routes.append(self.l7proxy.routes)
+            self.components["envoy"] = self.l7proxy.status
+        else:
+            self.components["envoy"] = lambda: {"state": "disabled (--no-envoy)"}
 
     async def endpoint_event(self, event: str, ep: Endpoint) -> None:
         for hook in self.endpoint_hooks:
@@ -438,6 +452,9 @@ class Agent:
 
 
 def run_agent(config: Config) -> int:
+    # The agent forks (endpoint commands, iproute2) while gRPC threads run; gRPC's fork handlers only
+    # matter for children that use gRPC, which ours never do.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     agent = Agent(config)
     try:
         import uvloop

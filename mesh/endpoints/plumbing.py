@@ -78,6 +78,7 @@ class Plumbing:
     def setup_node(self) -> None:
         """Router address, forwarding and the parent cgroup; idempotent."""
         os.makedirs(self.cgroup_root, exist_ok=True)
+        _run(["ip", "link", "set", "lo", "up"])  # Envoy and the proxies listen on loopback
         if _run(["ip", "link", "show", HOST_DEVICE], check=False).returncode != 0:
             # A veth pair whose peer stays down is available everywhere (the dummy module may not be).
             _run(["ip", "link", "add", HOST_DEVICE, "type", "veth", "peer", "name", HOST_DEVICE + "_p"])
