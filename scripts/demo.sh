@@ -28,6 +28,7 @@ cleanup() {
     "${OSTIUM[@]}" delete -f examples/basic >/dev/null 2>&1 || true
   fi
   [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null || true
+  pkill -f "$STATE/envoy" 2>/dev/null || true  # Envoy outlives the agent by design; the demo stops it
   ip netns del "$NODE" 2>/dev/null || true
   cg=$(findmnt -t cgroup2 -n -o TARGET | head -1)
   [ -n "$cg" ] && rmdir "$cg/ostium-demo" 2>/dev/null || true

@@ -156,6 +156,8 @@ class AgentProcess:
 
     def cleanup(self) -> None:
         self.stop(signal.SIGKILL if self.proc and self.proc.poll() is None else signal.SIGTERM, timeout=5)
+        # Envoy outlives the agent on purpose (the next agent adopts it): stop this test's Envoy.
+        subprocess.run(["pkill", "-KILL", "-f", self.state_dir], capture_output=True)
         if os.path.isdir(self.cgroup_root):
             for d in os.listdir(self.cgroup_root):
                 path = os.path.join(self.cgroup_root, d)
