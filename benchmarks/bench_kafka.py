@@ -12,7 +12,8 @@ Client: confluent-kafka (librdkafka, C), so the client is not the bottleneck.
 - parser: RequestParser frames/s on Produce frames (one 16 KiB record batch) and small Metadata frames.
 
 Target (issue 6): proxy throughput >= 70% of direct.
-Run: .venv/bin/python benchmarks/bench_kafka.py [--messages 50000] [--latency-samples 1000]
+Run: .venv/bin/python benchmarks/bench_kafka.py [--messages 100000] [--latency-samples 1500] [--rounds 3]
+(rounds alternate direct and proxy; medians are reported)
 """
 
 from __future__ import annotations
@@ -143,8 +144,9 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--messages", type=int, default=50_000)
-    ap.add_argument("--latency-samples", type=int, default=1000)
+    ap.add_argument("--messages", type=int, default=100_000)
+    ap.add_argument("--latency-samples", type=int, default=1500)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--serve-proxy", nargs=2, type=int, metavar=("LISTEN", "UPSTREAM"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_proxy:
@@ -153,22 +155,22 @@ def main() -> int:
 
     from tests.kafka_fixture import free_port, tansu_broker, wait_port
 
-    results = {}
+    results: dict[str, tuple[list[float], list[float]]] = {"direct": ([], []), "proxy": ([], [])}
     proxy_port, proxied_broker = free_port(), free_port()
-    with tansu_broker() as direct:
-        print(f"direct: {args.messages} x 1 KiB, acks=1 ...", flush=True)
-        results["direct"] = (produce_throughput(direct.bootstrap, args.messages),
-                             produce_latency(direct.bootstrap, args.latency_samples))
     proc = subprocess.Popen([sys.executable, __file__, "--serve-proxy", str(proxy_port), str(proxied_broker)],
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         wait_port("127.0.0.1", proxy_port)
-        with tansu_broker(port=proxied_broker, advertise=("127.0.0.1", proxy_port)):
-            print("through the proxy ...", flush=True)
-            bootstrap = f"127.0.0.1:{proxy_port}"
-            results["proxy"] = (produce_throughput(bootstrap, args.messages),
-                                produce_latency(bootstrap, args.latency_samples))
+        with tansu_broker() as direct, \
+                tansu_broker(port=proxied_broker, advertise=("127.0.0.1", proxy_port)):
+            targets = {"direct": direct.bootstrap, "proxy": f"127.0.0.1:{proxy_port}"}
+            # Interleaved rounds, median reported: the machine is shared, one round each is noise.
+            for rnd in range(args.rounds):
+                for name, bootstrap in targets.items():
+                    print(f"round {rnd + 1}/{args.rounds}: {name}: {args.messages} x 1 KiB, acks=1", flush=True)
+                    results[name][0].append(produce_throughput(bootstrap, args.messages))
+                    results[name][1].extend(produce_latency(bootstrap, args.latency_samples // args.rounds))
     finally:
         proc.send_signal(signal.SIGTERM)
         counters = proc.communicate(timeout=10)[0].strip()
@@ -176,10 +178,13 @@ def main() -> int:
 
     mb = args.messages * len(PAYLOAD) / 1e6
     print(f"\n{'':8} {'msg/s':>10} {'MB/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
-    for name, (elapsed, lat) in results.items():
+    for name, (runs, lat) in results.items():
+        elapsed = statistics.median(runs)
         print(f"{name:8} {args.messages / elapsed:10.0f} {mb / elapsed:8.1f} {statistics.median(lat) * 1e3:8.3f} "
               f"{pct(lat, 0.99) * 1e3:8.3f}")
-    ratio = results["direct"][0] / results["proxy"][0]
+    for name, (runs, _) in results.items():
+        print(f"{name:8} rounds (msg/s): " + ", ".join(f"{args.messages / r:,.0f}" for r in runs))
+    ratio = statistics.median(results["direct"][0]) / statistics.median(results["proxy"][0])
     p99_delta = (pct(results["proxy"][1], 0.99) - pct(results["direct"][1], 0.99)) * 1e3
     print(f"\nthroughput ratio proxy/direct: {ratio:.2f} (target >= 0.70) "
           f"{'OK' if ratio >= 0.70 else 'BELOW TARGET'}; p99 added by the proxy: {p99_delta:+.3f} ms")
