@@ -152,3 +152,137 @@ class ThreadedApp:
         if self._thread is not None:
             self._thread.join(10)
         self.loop.close()
+
+
+class KernelDropSource:
+    """Real datapath drop events from the kernel, for tests and benchmarks (root only).
+
+    Builds a network namespace with a veth, the real eBPF datapath with one enforced endpoint
+    (10.251.0.1, identity 2001) that no rule allows, and runs the endpoint's tc program on a
+    crafted TCP SYN from `src_ip` (identity `src_identity` in the ipcache) with
+    BPF_PROG_TEST_RUN: every run is a policy drop with a trace_event in the real ring buffer.
+    Everything is removed on close(), also after a failure half-way.
+    """
+
+    EP_IP = "10.251.0.1"
+    EP_IDENTITY = 2001
+
+    def __init__(self, src_ip: str = "10.252.0.7", src_identity: int = 3001, dport: int = 8080) -> None:
+        self.src_ip, self.src_identity, self.dport = src_ip, src_identity, dport
+        self.dp: Any = None
+        self._ns = self._cg = self._tmp = None
+        self._orig: int | None = None
+        self.reader: Any = None
+
+    def __enter__(self) -> "KernelDropSource":
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        import os
+        import secrets
+        import subprocess
+        import tempfile
+        from types import SimpleNamespace as NS
+
+        from mesh import kernel
+        from mesh.datapath import Datapath, DatapathConfig
+
+        tag = secrets.token_hex(3)
+        cg_root = kernel.cgroup2_mount()
+        if cg_root is None:
+            raise RuntimeError("cgroup2 is not mounted")
+        kernel.mount_bpffs()
+        self._tmp = tempfile.mkdtemp(prefix="ostium-flows-")
+        self._cg = os.path.join(cg_root, f"ostium-flows-{tag}")
+        os.makedirs(self._cg)
+        self._orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        self._ns = f"ostfl-{tag}"
+        subprocess.run(["ip", "netns", "add", self._ns], check=True)
+        kernel.setns_path(kernel.netns_path(self._ns))
+        subprocess.run(["ip", "link", "add", "ostf0", "type", "veth", "peer", "name", "ostf1"], check=True)
+        subprocess.run(["ip", "link", "set", "ostf0", "up"], check=True)
+        self.ifindex = socket.if_nametoindex("ostf0")
+        self.dp = Datapath(DatapathConfig(cgroup_root=self._cg, pin_dir=f"/sys/fs/bpf/ostium-flows-{tag}",
+                                          build_dir=os.path.join(self._tmp, "bpf")))
+        self.dp.start()
+        self.dp.attach_endpoint(1, "ostf0", self.ifindex, self.EP_IP, self.EP_IDENTITY)
+        self.dp.upsert_ipcache(f"{self.src_ip}/32", self.src_identity)
+        self.dp.sync_policy(1, NS(map_state={}, ingress_enforced=True, egress_enforced=False))
+        self.prog = self.dp._objects["lxc"].prog_fd("ost_lxc_to_endpoint")
+        self.packet = _tcp_syn(self.src_ip, self.EP_IP, 40000, self.dport)
+        ctx = bytearray(48)          # struct __sk_buff up to ifindex (offset 40)
+        struct_pack_into_ifindex(ctx, self.ifindex)
+        self.ctx = bytes(ctx)
+        self.reader = self.dp.event_reader()
+
+    def fire(self, n: int) -> None:
+        """Run the program n times in the kernel: n drop events in the ring buffer."""
+        from bpf import loader
+        loader.prog_test_run(self.dp.bpf, self.prog, self.packet, self.ctx, n)
+
+    def read(self) -> list[bytes]:
+        """Every raw record waiting in the ring buffer."""
+        return self.reader.consume()
+
+    def close(self) -> None:
+        import os
+        import shutil
+        import subprocess
+
+        from mesh import kernel
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+        if self.dp is not None:
+            try:
+                self.dp.purge()
+            finally:
+                self.dp = None
+        if self._orig is not None:
+            kernel._libc.setns(self._orig, kernel.CLONE_NEWNET)
+            os.close(self._orig)
+            self._orig = None
+        if self._ns:
+            subprocess.run(["ip", "netns", "del", self._ns], check=False)
+            self._ns = None
+        if self._cg:
+            try:
+                os.rmdir(self._cg)
+            except OSError:
+                pass
+            self._cg = None
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+
+def struct_pack_into_ifindex(ctx: bytearray, ifindex: int) -> None:
+    import struct
+    struct.pack_into("<I", ctx, 40, ifindex)
+
+
+def _tcp_syn(src: str, dst: str, sport: int, dport: int) -> bytes:
+    import struct
+
+    def checksum(data: bytes) -> int:
+        if len(data) % 2:
+            data += b"\0"
+        s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+        s = (s >> 16) + (s & 0xFFFF)
+        s += s >> 16
+        return ~s & 0xFFFF
+
+    eth = b"\x02\0\0\0\0\x01" + b"\x02\0\0\0\0\x02" + b"\x08\x00"
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0)  # SYN
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, socket.inet_aton(src),
+                     socket.inet_aton(dst))
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    return eth + ip + tcp
