@@ -313,3 +313,48 @@ def test_multi_topic_produce_with_one_denied_topic_is_denied_for_every_topic(rig
     _roundtrip(rig, bytes(md.encode(header=True, framed=True)))
     alone = ProduceResponse.decode(_roundtrip(rig, request(["mt-orders"], 3)), version=9, header=True, framed=True)
     assert alone.responses[0].partition_responses[0].error_code == 0
+
+
+# --- the API's own authorization error where it names no topic -----------------------------------------
+
+def test_idempotent_producer_works_under_the_produce_role(rig):
+    """An idempotent producer's InitProducerId (null transactional id) is part of `produce`."""
+    from kafka import KafkaProducer
+    rig.set_policy(policy(role("produce", "idem-orders")))
+    producer = KafkaProducer(bootstrap_servers=rig.bootstrap, enable_idempotence=True, acks="all",
+                             request_timeout_ms=3000, max_block_ms=4000)
+    try:
+        assert producer.send("idem-orders", b"once").get(5).offset >= 0
+    finally:
+        producer.close(timeout=2)
+    assert any(r.api == "InitProducerId" and r.verdict == Verdict.FORWARDED for r in rig.records)
+
+
+def test_transactional_producer_gets_transactional_id_authorization_failed(rig):
+    from kafka import KafkaProducer
+    from kafka.errors import TransactionalIdAuthorizationFailedError
+    rig.set_policy(policy(role("produce", "tx-orders")))
+    producer = KafkaProducer(bootstrap_servers=rig.bootstrap, transactional_id="tx-billing",
+                             request_timeout_ms=3000, max_block_ms=4000)
+    try:
+        with pytest.raises(TransactionalIdAuthorizationFailedError):
+            producer.init_transactions()
+    finally:
+        producer.close(timeout=1)
+    assert any(r.verdict == Verdict.DENIED and r.error_code == 53 for r in rig.records)
+
+
+def test_consumer_group_without_the_consume_role_gets_group_authorization_failed(rig):
+    from kafka import KafkaConsumer
+    from kafka.errors import GroupAuthorizationFailedError
+    rig.set_policy(policy(role("produce", "grp-orders")))
+    consumer = KafkaConsumer("grp-orders", bootstrap_servers=rig.bootstrap, group_id="grp-intruders",
+                             request_timeout_ms=3000, **FAST_GROUP)
+    try:
+        with pytest.raises(GroupAuthorizationFailedError):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                consumer.poll(timeout_ms=500)
+    finally:
+        consumer.close()
+    assert any(r.verdict == Verdict.DENIED and r.error_code == 30 for r in rig.records)
