@@ -157,3 +157,28 @@ async def test_pump_feeds_decoded_events():
     flows, _ = obs.query()
     assert [f.source.port for f in flows] == [1000, 1001, 1002]
     assert flows[0].source.pod_name.startswith("xwing")
+
+
+async def test_flows_service_lifecycle(tmp_path):
+    import aiohttp
+    from mesh.flows.service import FlowsService
+    svc = FlowsService(enricher=synthetic.enricher(), capacity=100, http_port=0,
+                       export_path=str(tmp_path / "flows.jsonl"))
+    await svc.start()
+    port = svc.http_port
+    try:
+        synthetic.star_wars(svc.observer)
+        svc.metrics.set_gauge_source("endpoints", lambda: 6)
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
+                text = await r.text()
+        assert "ostium_endpoints 6.0" in text and 'ostium_kafka_requests_total{api_key="produce"' in text
+        assert svc.status()["http"] == f"http://127.0.0.1:{port}/"
+        assert {"/v1/flows", "/metrics", "/ui/"} <= {r.path for r in svc.routes()}
+    finally:
+        await svc.stop()
+    lines = (tmp_path / "flows.jsonl").read_text().splitlines()
+    assert len(lines) == 10 and json.loads(lines[-1])["IP"]["source"] == "192.0.2.1"
+    with pytest.raises(OSError):      # the listener is gone
+        socket_ = __import__("socket").create_connection(("127.0.0.1", port), timeout=2)
+        socket_.close()
