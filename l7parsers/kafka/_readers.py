@@ -62,7 +62,11 @@ def read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
 def read_string(buf: bytes, pos: int, compact: bool) -> tuple[str | None, int]:
     """A (nullable) Kafka string: INT16 length (-1 = null), or compact (uvarint length+1, 0 = null)."""
     if compact:
-        n, pos = read_uvarint(buf, pos)
+        n = buf[pos]
+        if n < 0x80:  # one-byte varint: every string shorter than 127 bytes
+            pos += 1
+        else:
+            n, pos = read_uvarint(buf, pos)
         n -= 1
     else:
         n = _I16.unpack_from(buf, pos)[0]
@@ -89,6 +93,8 @@ def _read_len(buf: bytes, pos: int, compact: bool) -> tuple[int, int]:
 
 
 def skip_tagged_fields(buf: bytes, pos: int) -> int:
+    if buf[pos] == 0:  # the usual case: no tagged fields
+        return pos + 1
     count, pos = read_uvarint(buf, pos)
     for _ in range(count):
         _tag, pos = read_uvarint(buf, pos)
@@ -351,6 +357,13 @@ def request_header_version(api_key: int, version: int) -> int | None:
     if schema is None:
         return None
     return 2 if schema.is_flexible(version) else 1
+
+
+@lru_cache(maxsize=4096)
+def request_plan(api_key: int, version: int) -> tuple[int | None, Reader | None]:
+    """(request header version, body reader) in one cached lookup for the hot path."""
+    header_version = request_header_version(api_key, version)
+    return header_version, (request_reader(api_key, version) if header_version is not None else None)
 
 
 def response_header_version(api_key: int, version: int) -> int:

@@ -11,8 +11,8 @@ from collections import deque
 from struct import Struct, error as StructError
 
 from l7parsers.kafka._readers import (
-    CONFIG_RESOURCE_TOPIC, LEARN_TOPIC_IDS_FROM, FrameError, read_string, request_header_version,
-    request_reader, response_header_version, response_reader, skip_tagged_fields,
+    CONFIG_RESOURCE_TOPIC, LEARN_TOPIC_IDS_FROM, FrameError, read_string, request_plan,
+    response_header_version, response_reader, skip_tagged_fields,
 )
 from l7parsers.kafka.events import (
     NEED_DATA, ConnectionClosed, Event, ProtocolError, Request, Response,
@@ -186,14 +186,13 @@ def _parse_request(frame: bytes) -> Request:
     api_key, api_version, correlation_id = _REQ_HEAD.unpack_from(frame, 4)
     if api_key < 0 or api_version < 0:
         raise FrameError(f"invalid request header (api key {api_key}, version {api_version})")
-    header_version = request_header_version(api_key, api_version)
+    header_version, reader = request_plan(api_key, api_version)
     pos = 12
     client_id = None
     if header_version != 0:
         client_id, pos = read_string(frame, pos, False)  # never compact, even in header v2
     if header_version == 2:
         pos = skip_tagged_fields(frame, pos)
-    reader = request_reader(api_key, api_version) if header_version is not None else None
     if reader is None:
         # Unknown key or version: the header up to the client id is the same in every version.
         return Request(api_key, api_version, correlation_id, client_id,
@@ -209,6 +208,8 @@ def _parse_request(frame: bytes) -> Request:
 
 def _request_from(api_key: int, api_version: int, correlation_id: int, client_id: str | None,
                   header_version: int, body_offset: int, frame: bytes, out: list) -> Request:
+    if not out:  # Heartbeat-like requests with nothing policy needs beyond the header
+        return Request(api_key, api_version, correlation_id, client_id, header_version, body_offset, frame)
     topics: list[str] = []
     topic_ids: list[bytes] = []
     groups: list[str] = []
@@ -246,8 +247,13 @@ def _request_from(api_key: int, api_version: int, correlation_id: int, client_id
         else:
             groups.append(key)
     return Request(api_key, api_version, correlation_id, client_id, header_version, body_offset, frame,
-                   True, tuple(dict.fromkeys(topics)), tuple(dict.fromkeys(topic_ids)),
-                   tuple(dict.fromkeys(groups)), tuple(dict.fromkeys(txns)), acks)
+                   True, _unique(topics), _unique(topic_ids), _unique(groups), _unique(txns), acks)
+
+
+def _unique(items: list) -> tuple:
+    if len(items) < 2:
+        return tuple(items)
+    return tuple(dict.fromkeys(items))
 
 
 def parse_response(frame: bytes, api_key: int, api_version: int) -> Response:
