@@ -178,8 +178,8 @@ class KafkaProxy:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _emit(self, record: KafkaRecord) -> None:
-        if self.on_record is None:
+    def _emit(self, record: KafkaRecord | None) -> None:
+        if self.on_record is None or record is None:
             return
         try:
             self.on_record(record)
@@ -243,7 +243,9 @@ class _Connection:
         self._pump_up: asyncio.Task | None = None
         self._last_read = asyncio.get_running_loop().time()
 
-    def _record(self, verdict: Verdict, req: Request | None = None, **kw) -> KafkaRecord:
+    def _record(self, verdict: Verdict, req: Request | None = None, **kw) -> KafkaRecord | None:
+        if self.proxy.on_record is None:
+            return None  # nobody listens: skip building records on the hot path
         base = dict(time=time.time(), verdict=verdict, src_ip=self.src[0], src_port=self.src[1],
                     dst_ip=self.dst[0], dst_port=self.dst[1])
         if req is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from mesh.policy.kafka import KAFKA_API_NAMES
 
 NONE = 0
@@ -12,6 +14,7 @@ TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 UNKNOWN_TOPIC_ID = 100
 
 
+@lru_cache(maxsize=512)
 def api_name(api_key: int) -> str:
     """Kafka's own name when the schemas know the key ("Produce"), else Ostium's policy name, else the number."""
     from l7parsers.kafka.schemas import schema_for
