@@ -143,6 +143,8 @@ def _label_pred(flag: str, value: str) -> Callable[[Endpoint], bool]:
         k = k.strip()
         if not k or not _LABEL_KEY.match(k) or " " in v:
             raise _err(flag, f"{value!r} is not a label selector (k=v, k!=v, k, !k; comma-separated)")
+        if k.startswith("any:"):
+            k = k[4:]      # any source: the bare key (label maps carry bare keys too)
         terms.append((op, k, v.strip()))
 
     def pred(ep: Endpoint) -> bool:

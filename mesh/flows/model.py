@@ -134,12 +134,26 @@ class Endpoint:
         return d
 
 
+# Label sources (Cilium's "source:key" form, see mesh/identity/labels.py). A key without a
+# source matches any source, so `app=x` selects `k8s:app=x`.
+LABEL_SOURCES = ("k8s", "reserved", "cidr", "any", "container", "unspec")
+
+
+def bare_key(key: str) -> str:
+    src, sep, rest = key.partition(":")
+    return rest if sep and src in LABEL_SOURCES else key
+
+
 @functools.lru_cache(maxsize=8192)
 def _label_map(labels: tuple[str, ...]) -> dict[str, str]:
-    out = {}
+    """{key: value} with both the full keys ("k8s:app") and, where absent, the bare ones ("app")."""
+    out: dict[str, str] = {}
     for kv in labels:
         k, _, v = kv.partition("=")
         out[k] = v
+    for kv in labels:
+        k, _, v = kv.partition("=")
+        out.setdefault(bare_key(k), v)
     return out
 
 
@@ -359,20 +373,24 @@ class Enricher:
         if not identity:
             identity = self.identity_by_ip(ip) or 0
         ep = self.endpoint_by_ip(ip) if ip else None
-        labels: Mapping[str, str] | None = None
+        pod_labels: Mapping[str, str] = {}
         namespace = pod = ""
         if ep is not None:
-            namespace, pod, labels = ep[0], ep[1], ep[2]
-        ident_labels = self.identity_labels(identity) if identity else None
-        if ident_labels:
-            labels = ident_labels if not labels else {**labels, **ident_labels}
+            namespace, pod, pod_labels = ep[0], ep[1], ep[2] or {}
+        # The identity's (security) labels as the allocator has them ("k8s:app": "x"), then the
+        # pod's other labels (as k8s labels) that the identity does not already carry.
+        labels: dict[str, str] = dict(self.identity_labels(identity) or {}) if identity else {}
+        covered = {bare_key(k) for k in labels}
+        for k, v in pod_labels.items():
+            if bare_key(k) not in covered:
+                labels[k if bare_key(k) != k else f"k8s:{k}"] = v
         if not labels and identity in RESERVED_IDENTITIES:
             labels = {f"reserved:{RESERVED_IDENTITIES[identity]}": ""}
-        labels = labels or {}
+        bare = {bare_key(k): v for k, v in labels.items()}
         if not namespace:
-            namespace = labels.get("io.kubernetes.pod.namespace", "") or labels.get("k8s:io.kubernetes.pod.namespace", "")
+            namespace = bare.get("io.kubernetes.pod.namespace", "")
         return EndpointMeta(identity=identity, labels=label_list(labels), namespace=namespace,
-                            pod_name=pod, workload=workload_name(pod, labels))
+                            pod_name=pod, workload=workload_name(pod, bare))
 
     def service(self, ip: str, port: int) -> Service | None:
         svc = self.service_by_ip_port(ip, port) if ip else None

@@ -31,8 +31,8 @@ IPCACHE = {ip: ident for ident, (_ns, _pod, ip, _l) in PODS.items()}
 
 def enricher(node_name: str = "node-1") -> Enricher:
     def identity_labels(ident: int) -> Mapping[str, str] | None:
-        p = PODS.get(ident)
-        return {**p[3], "io.kubernetes.pod.namespace": p[0]} if p else None
+        p = PODS.get(ident)   # as the identity allocator has them (mesh/identity/labels.py)
+        return {**{f"k8s:{k}": v for k, v in p[3].items()}, "k8s:io.kubernetes.pod.namespace": p[0]} if p else None
 
     return Enricher(identity_labels=identity_labels, endpoint_by_ip=BY_IP.get, identity_by_ip=IPCACHE.get,
                     service_by_ip_port=lambda ip, port: ("default", "deathstar")

@@ -57,7 +57,7 @@ def test_json_and_filters(agent):
     assert len(flows) == 1
     f = flows[0]
     assert f["l7"]["kafka"]["topic"] == "empire-announce" and f["l7"]["kafka"]["api_key"] == "produce"
-    assert f["source"]["pod_name"].startswith("outpost") and "app=outpost" in f["source"]["labels"]
+    assert f["source"]["pod_name"].startswith("outpost") and "k8s:app=outpost" in f["source"]["labels"]
     r = ostium(server.unix_path, "observe", "--http-status", "4+", "-o", "jsonpb")
     (only,) = [json.loads(x) for x in r.stdout.splitlines()]
     assert only["flow"]["l7"]["http"]["code"] == 403 and only["node_name"] == "node-1"

@@ -157,3 +157,26 @@ def test_kafka_proxy_record_type():
     err = KafkaRecord(time=3.0, verdict=KV.ERROR, src_ip="10.1.0.5", src_port=1, dst_ip="10.1.0.9", dst_port=9092,
                       reason="cannot connect")
     assert flow_from_kafka_record(err, enricher()).verdict is Verdict.ERROR
+
+
+def test_cilium_style_source_labels_and_selectors():
+    from mesh.flows.filters import parse_filters
+    ident = {300: {"k8s:app": "xwing", "k8s:io.kubernetes.pod.namespace": "empire",
+                   "k8s:io.cilium.k8s.policy.serviceaccount": "pilot"},
+             16777217: {"cidr:192.0.2.0/24": "", "reserved:world": ""}}
+    en = Enricher(identity_labels=ident.get,
+                  endpoint_by_ip={"10.1.0.5": ("empire", "xwing-0", {"app": "xwing", "version": "v1"})}.get)
+    ev = drop_event()
+    import dataclasses
+    f = flow_from_datapath_event(dataclasses.replace(ev, src_identity=300, dst_identity=16777217,
+                                                     daddr="192.0.2.9"), en, time=1.0)
+    assert f.source.labels == ("k8s:app=xwing", "k8s:io.cilium.k8s.policy.serviceaccount=pilot",
+                               "k8s:io.kubernetes.pod.namespace=empire", "k8s:version=v1")
+    assert (f.source.namespace, f.source.workload) == ("empire", "xwing")
+    assert f.destination.labels == ("cidr:192.0.2.0/24=", "reserved:world=")
+    for selector, want in [("app=xwing", True), ("k8s:app=xwing", True), ("any:app=xwing", True),
+                           ("version=v1", True), ("reserved:app=xwing", False), ("app=tie", False),
+                           ("!k8s:app", False), ("io.cilium.k8s.policy.serviceaccount=pilot", True)]:
+        assert parse_filters({"from-label": selector}).match(f) is want, selector
+    assert parse_filters({"to-label": "reserved:world"}).match(f)
+    assert parse_filters({"to-label": "cidr:192.0.2.0/24"}).match(f)
