@@ -5,7 +5,8 @@ Values of one flag are alternatives (OR); different flags must all match (AND). 
 from-/to- prefix match either side of the flow.
 
   pod / from-pod / to-pod                [namespace/]pod-name-prefix (no namespace: any namespace)
-  label / from-label / to-label          k=v, k!=v, k (exists), !k (absent); comma = all of them
+  label / from-label / to-label          k=v, k!=v, k (exists), !k (absent); comma = all of them;
+                                         a key without a source (app) matches any (k8s:app)
   identity / from-identity / to-identity number or reserved name (world, host, ...)
   namespace / from-namespace / to-namespace
   ip / from-ip / to-ip                   exact address
