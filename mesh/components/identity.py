@@ -34,6 +34,9 @@ class IdentityComponent:
                                               node=self.agent.config.node_name)
         self._watch_task = asyncio.create_task(self._watch(), name="identity-watch")
         await asyncio.wait_for(self._synced.wait(), timeout=30)
+        # The node's own addresses are the reserved identity host (1): Envoy's and the Kafka proxy's
+        # upstream connections, and processes on the node, come from them.
+        self.ipcache.upsert(f"{self.agent.config.router}/32", 1, Source.RESERVED)
 
     async def stop(self) -> None:
         if self._watch_task:
