@@ -37,7 +37,8 @@ from l7parsers.kafka import (
 from l7parsers.kafka.apis import api_name
 from l7parsers.kafka.policy import Decision, TopicNames, decide
 from l7parsers.kafka.responses import (
-    denied_response, metadata_request_without, metadata_response_with_denied, top_level_error,
+    denied_response, metadata_request_without, metadata_response_filtered, metadata_response_with_denied,
+    top_level_error,
 )
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class _Slot:
     local: bool = False
     error_code: int | None = None
     denied_topics: tuple[str, ...] = ()  # Metadata: add these to the broker's response as denied
+    topic_filter: Callable[[str], bool] | None = None  # all-topics Metadata: hide what the peer may not see
 
 
 class _Close(Exception):
@@ -392,7 +394,8 @@ class _Connection:
             else:
                 proxy.counters.forwarded += 1
             if req.expects_response:
-                slot = _Slot(req, started, wall, decision, identity, denied_topics=decision.denied_topics)
+                slot = _Slot(req, started, wall, decision, identity, denied_topics=decision.denied_topics,
+                             topic_filter=decision.topic_filter)
                 self.queue.append(slot)
                 self.awaiting.append(slot)
                 self.responses.expect(req.correlation_id, req.api_key, req.api_version)
@@ -454,6 +457,9 @@ class _Connection:
                     if slot.denied_topics:
                         slot.frame = self._rewrite(metadata_response_with_denied, event.frame,
                                                    event.api_version, slot.denied_topics)
+                    elif slot.topic_filter is not None:
+                        slot.frame = self._rewrite(metadata_response_filtered, event.frame, event.api_version,
+                                                   slot.topic_filter)
                     else:
                         slot.frame = event.frame
                     continue

@@ -12,6 +12,7 @@ decoded). Fields that matter are tagged with a *role* and appended to an output 
 - ``acks``      Produce's `Acks` (acks=0 means the broker sends no response)
 - ``rtype``/``rname`` DescribeConfigs/AlterConfigs resources (a name is a topic when type is 2)
 - ``ckey``/``ckeytype`` FindCoordinator keys and their type (group, transaction, share)
+- ``all_topics`` a Metadata request whose topic list is null: "every topic"
 
 Every read is bounds-checked (struct.error / IndexError are turned into `FrameError` by the caller),
 array lengths are checked against the bytes left, and strings are decoded as strict UTF-8.
@@ -39,6 +40,7 @@ CONFIG_RESOURCE_TOPIC = 2
 _CONFIG_APIS = frozenset({32, 33, 44})
 _FIND_COORDINATOR = 10
 _PRODUCE = 0
+_METADATA = 3
 
 
 class FrameError(Exception):
@@ -195,7 +197,9 @@ class _Compiler:
                 elem, emin = _string(compact, role, False), 1
             else:
                 raise ValueError(f"unsupported array element type {inner!r}")
-            return _array(elem, max(emin, 1), compact, nullable, f["name"]), 1
+            null_role = "all_topics" if (self.api_key == _METADATA and self.direction == "request"
+                                         and f["name"] == "Topics") else None
+            return _array(elem, max(emin, 1), compact, nullable, f["name"], null_role), 1
         if "fields" in f:  # a nested struct (nullable ones carry an INT8 presence marker)
             inner_reader, smin = self.struct(f["fields"])
             return (_nullable_struct(inner_reader) if nullable else inner_reader), (1 if nullable else smin)
@@ -275,12 +279,15 @@ def _bytes(compact: bool, nullable: bool) -> Reader:
     return read
 
 
-def _array(elem: Reader, elem_min: int, compact: bool, nullable: bool, name: str) -> Reader:
+def _array(elem: Reader, elem_min: int, compact: bool, nullable: bool, name: str,
+           null_role: str | None = None) -> Reader:
     def read(buf: bytes, pos: int, out: list) -> int:
         n, pos = _read_len(buf, pos, compact)
         if n < 0:
             if n != -1 or not nullable:
                 raise FrameError(f"invalid length {n} for array {name}")
+            if null_role is not None:
+                out.append((null_role, True))
             return pos
         if n * elem_min > len(buf) - pos:
             raise FrameError(f"array {name} claims {n} elements, more than the frame holds")

@@ -218,6 +218,7 @@ def _request_from(api_key: int, api_version: int, correlation_id: int, client_id
     rtype = None
     ckeys: list[str] = []
     ckeytype = _KEY_GROUP
+    all_topics = False
     for role, value in out:
         if role == "topic":
             topics.append(value)
@@ -239,6 +240,10 @@ def _request_from(api_key: int, api_version: int, correlation_id: int, client_id
             ckeys.append(value)
         elif role == "ckeytype":
             ckeytype = value
+        elif role == "all_topics":
+            all_topics = True
+    if api_key == 3 and api_version == 0 and not topics:
+        all_topics = True  # Metadata v0 has no null: an empty list means every topic
     for key in ckeys:
         if ckeytype == _KEY_TRANSACTION:
             txns.append(key)
@@ -247,7 +252,7 @@ def _request_from(api_key: int, api_version: int, correlation_id: int, client_id
         else:
             groups.append(key)
     return Request(api_key, api_version, correlation_id, client_id, header_version, body_offset, frame,
-                   True, _unique(topics), _unique(topic_ids), _unique(groups), _unique(txns), acks)
+                   True, _unique(topics), _unique(topic_ids), _unique(groups), _unique(txns), acks, all_topics)
 
 
 def _unique(items: list) -> tuple:

@@ -42,6 +42,7 @@ class Request:
     groups: tuple[str, ...] = ()
     transactional_ids: tuple[str, ...] = ()
     acks: int | None = None  # Produce only
+    all_topics: bool = False  # Metadata with a null topic list: the broker answers with every topic
 
     @property
     def transactional_id(self) -> str | None:
@@ -65,6 +66,7 @@ class Request:
             "topics": list(self.topics), "topic_ids": [topic_id_str(t) for t in self.topic_ids],
             "groups": list(self.groups), "transactional_ids": list(self.transactional_ids),
             **({"acks": self.acks} if self.acks is not None else {}),
+            **({"all_topics": True} if self.all_topics else {}),
         }
 
 

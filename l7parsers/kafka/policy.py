@@ -13,6 +13,7 @@ know are handled here:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from mesh.policy.l7 import KafkaRequest, L7Policy
 
@@ -59,6 +60,8 @@ class Decision:
     reason: str = ""
     rules: tuple = ()
     denied_topics: tuple[str, ...] = ()  # Metadata only: topics answered with 29, the rest forwarded
+    # Metadata for every topic: the broker's answer keeps only the topics this predicate allows.
+    topic_filter: Callable[[str], bool] | None = None
 
 
 def decide(policy: L7Policy | None, identity: int, req: Request, names: TopicNames) -> Decision:
@@ -80,6 +83,8 @@ def decide(policy: L7Policy | None, identity: int, req: Request, names: TopicNam
     kreq = KafkaRequest(req.api_key, req.api_version, req.client_id, checked, req.transactional_id)
     allowed, rules = policy.check_kafka(identity, kreq)
     if allowed:
+        if req.api_key == METADATA and req.all_topics:
+            return Decision(True, shown, "", rules, topic_filter=_metadata_topic_filter(policy, identity, req))
         return Decision(True, shown, "", rules)
     if req.api_key == METADATA and req.parsed and topics:
         # Metadata is authorized per topic, as a broker's authorizer does: clients ask for all the topics
@@ -101,3 +106,13 @@ def decide(policy: L7Policy | None, identity: int, req: Request, names: TopicNam
                         tuple(denied))
     reason = "no rule allows this request" if req.parsed else "unparsed request body and no rule without topics"
     return Decision(False, shown, reason)
+
+
+def _metadata_topic_filter(policy: L7Policy, identity: int, req: Request) -> Callable[[str], bool] | None:
+    """For a Metadata request naming every topic: which topics the answer may show (as a broker's
+    authorizer hides topics a client may not describe). None when no rule restricts topics."""
+    def allowed(topic: str) -> bool:
+        return policy.check_kafka(identity, KafkaRequest(req.api_key, req.api_version, req.client_id, (topic,)))[0]
+    if allowed(OPAQUE_TOPIC):
+        return None
+    return allowed

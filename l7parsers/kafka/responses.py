@@ -279,3 +279,12 @@ def metadata_response_with_denied(frame: bytes, version: int, denied: tuple[str,
         resp.topics.append(elem)
     resp.with_header(correlation_id=resp.header.correlation_id)
     return resp.encode(header=True, framed=True)
+
+
+def metadata_response_filtered(frame: bytes, version: int, keep: Any) -> bytes:
+    """The broker's all-topics Metadata response with only the topics `keep(name)` allows."""
+    cls = message_class(3, "response")
+    resp = cls.decode(frame, version=version, header=True, framed=True)
+    resp.topics = [t for t in (resp.topics or []) if t.name is not None and keep(t.name)]
+    resp.with_header(correlation_id=resp.header.correlation_id)
+    return resp.encode(header=True, framed=True)

@@ -335,3 +335,21 @@ def test_topic_names_forget_an_id_seen_with_two_names():
     assert names.name(TOPIC_ID.bytes) is None
     names.learn(((TOPIC_ID.bytes, "orders"),))
     assert names.name(TOPIC_ID.bytes) is None
+
+
+async def test_metadata_for_every_topic_shows_only_the_topics_the_peer_may_use(rig):
+    broker, proxy, records, state = rig
+    from kafka.protocol.metadata import MetadataRequest
+    msg = MetadataRequest[12](topics=None, allow_auto_topic_creation=False, include_topic_authorized_operations=False)
+    msg.with_header(correlation_id=8, client_id="c")
+    all_topics = bytes(msg.encode(header=True, framed=True))
+    reader, writer = await asyncio.open_connection(*proxy.address)
+    state["policy"] = policy(role("produce", "payments"))  # the fake broker's only topic is "orders"
+    writer.write(all_topics)
+    resp = MetadataResponse.decode(await read_frame(reader), version=12, header=True, framed=True)
+    assert resp.header.correlation_id == 8 and resp.topics == []
+    state["policy"] = policy(role("produce", "orders"))
+    writer.write(all_topics)
+    resp = MetadataResponse.decode(await read_frame(reader), version=12, header=True, framed=True)
+    assert [t.name for t in resp.topics] == ["orders"]
+    writer.close()
