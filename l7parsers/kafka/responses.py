@@ -245,9 +245,7 @@ def denied_response(req: Request, *, top_code: int | None = None) -> bytes | Non
     msg = resp_cls[version](**{name: getattr(body, name) for name, f in resp_cls._struct.fields.items()
                                if f.for_version_q(version) and not (f.tag is not None and f.tagged_field_q(version))})
     msg.with_header(correlation_id=req.correlation_id)
-    if req.api_key == 18:
-        return msg.encode(header=True, framed=True)
-    return msg.encode(header=True, framed=True)
+    return msg.encode(header=True, framed=True)  # ApiVersionsResponse keeps header v0 by itself
 
 
 def metadata_request_without(req: Request, denied: frozenset[str], name_of_id: Any = None) -> bytes:

@@ -284,3 +284,11 @@ def test_response_parser_matches_correlation_ids_and_learns_topic_ids():
     p.receive_data(frame)
     ev = p.next_event()
     assert isinstance(ev, ProtocolError) and "expected 10" in ev.reason
+
+
+def test_metadata_for_every_topic_is_flagged():
+    from kafka.protocol.metadata import MetadataRequest
+    for version, topics, every in ((0, [], True), (1, None, True), (4, [], False), (12, None, True)):
+        msg = MetadataRequest[version](topics=topics, allow_auto_topic_creation=False)
+        msg.with_header(correlation_id=1, client_id="c")
+        assert parse_request(bytes(msg.encode(header=True, framed=True))).all_topics is every
