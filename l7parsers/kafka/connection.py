@@ -208,7 +208,7 @@ def _parse_request(frame: bytes) -> Request:
 
 def _request_from(api_key: int, api_version: int, correlation_id: int, client_id: str | None,
                   header_version: int, body_offset: int, frame: bytes, out: list) -> Request:
-    if not out:  # Heartbeat-like requests with nothing policy needs beyond the header
+    if not out and api_key != 3:  # nothing policy needs beyond the header (Metadata v0: see below)
         return Request(api_key, api_version, correlation_id, client_id, header_version, body_offset, frame)
     topics: list[str] = []
     topic_ids: list[bytes] = []
