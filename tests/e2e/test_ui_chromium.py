@@ -99,6 +99,13 @@ def test_map_and_flow_table(ui, browser):
     assert ["PUT", "/v1/exhaust-port", "403", "DROPPED", "2"] in rows
     assert ["POST", "/v1/request-landing", "200", "FORWARDED", "2"] in rows
 
+    browser.execute_script("""document.querySelector('#edges .edge[data-source="kafka/outpost"]')
+        .dispatchEvent(new MouseEvent('click', {bubbles: true}))""")
+    krows = wait_for(browser, """const t = document.querySelector('#detail-kafka'); return t &&
+        [...t.querySelectorAll('tr')].slice(1).map(r => [...r.children].map(c => c.textContent))""")
+    assert sorted(krows) == [["fetch", "deathstar-plans", "FORWARDED", "2"],
+                             ["produce", "empire-announce", "DROPPED", "2"]]
+
     table = browser.execute_script("""return [...document.querySelectorAll('#flow-rows tr')].map(r =>
         [...r.children].map(c => c.textContent))""")
     assert len(table) == 20
