@@ -25,7 +25,7 @@ import logging
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from mesh.policy.l7 import L7Policy
