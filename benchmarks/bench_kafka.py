@@ -19,6 +19,7 @@ Run: .venv/bin/python benchmarks/bench_kafka.py [--messages 100000] [--latency-s
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import signal
 import statistics
@@ -50,7 +51,8 @@ def serve_proxy(listen_port: int, upstream_port: int) -> None:
                                                             api_keys=KAFKA_ROLE_API_KEYS["produce"]),), ()),))
 
     async def main() -> None:
-        proxy = KafkaProxy(policy_for=lambda s, d, p: pol, identity_for=lambda ip: 1000,
+        records = collections.deque(maxlen=10_000)  # records are built, as the agent's flow observer needs
+        proxy = KafkaProxy(policy_for=lambda s, d, p: pol, identity_for=lambda ip: 1000, on_record=records.append,
                            listen=("127.0.0.1", listen_port), upstream=("127.0.0.1", upstream_port))
         await proxy.start()
         print("ready", flush=True)
