@@ -1,0 +1,1 @@
+"""Ingress (Kubernetes Ingress, Gateway API) and egress gateways: manifests, validation, status (pure)."""
