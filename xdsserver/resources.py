@@ -53,6 +53,8 @@ _PROTO_MODULES = (
     "envoy.config.listener.v3.listener_pb2",
     "envoy.config.route.v3.route_pb2",
     "envoy.extensions.transport_sockets.tls.v3.secret_pb2",
+    "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
+    "envoy.extensions.filters.listener.tls_inspector.v3.tls_inspector_pb2",
     "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
     "envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2",
     "envoy.extensions.filters.http.rbac.v3.rbac_pb2",
