@@ -21,6 +21,7 @@ _KIND_MODULES = (
     "mesh.endpoints.manifest",
     "mesh.services.manifest",
     "mesh.policy.kinds",
+    "mesh.gateway.kinds",
 )
 
 
