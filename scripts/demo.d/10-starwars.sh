@@ -115,8 +115,11 @@ sw_request xwing POST /v1/request-landing
 if [ "$(sw_code tiefighter PUT /v1/exhaust-port)" != 403 ]; then
   echo "(!) the exhaust port is not protected: HTTP flows are not redirected to Envoy on this build"
 fi
-echo "\$ ${OSTIUM[*]} observe --type l7 --to-label class=deathstar --last 4"
-"${OSTIUM[@]}" observe --type l7 --to-label class=deathstar --last 4 || true
+# Envoy's access log as flows (shown when this agent serves the flows API).
+if SW_FLOWS=$("${OSTIUM[@]}" observe --type l7 --to-label class=deathstar --last 4 2>/dev/null); then
+  echo "\$ ${OSTIUM[*]} observe --type l7 --to-label class=deathstar --last 4"
+  printf '%s\n' "$SW_FLOWS"
+fi
 echo "\$ ${OSTIUM[*]} status -o json   (the envoy component)"
 "${OSTIUM[@]}" status -o json | "$SW_PY" -c '
 import json, sys
