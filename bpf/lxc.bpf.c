@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 /* Identity-based L3/L4 policy on an endpoint's host-side veth.
  * tc ingress on the host veth = packets the endpoint sends (its egress policy);
- * tc egress on the host veth = packets delivered to the endpoint (its ingress policy). */
+ * tc egress on the host veth = packets delivered to the endpoint (its ingress policy).
+ * Flows under an L7 rule are handed to a node-local proxy here, at the source's tc ingress
+ * (bpf_sk_assign), for the source's egress rules and for a node-local destination's ingress rules;
+ * without a proxy they are refused, never forwarded unenforced. */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/events.h"
@@ -39,6 +42,55 @@ static __always_inline int is_icmp_error(__u8 type)
 	return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB;
 }
 
+static __always_inline void report_drop(struct trace_event *ev, __u8 reason)
+{
+	ev->type = EV_DROP;
+	ev->reason = reason;
+	ev->verdict = VERDICT_DROPPED;
+	metric_inc(reason);
+	emit_event(ev);
+}
+
+static __always_inline int drop(struct trace_event *ev, __u8 reason)
+{
+	report_drop(ev, reason);
+	return CTX_DROP;
+}
+
+/* L7 redirect (ENVIRONMENT.md "L7 redirect"): the flow's own socket if the proxy already has it
+ * (established or mid-handshake: almost every packet), else the proxy's transparent listener on
+ * 127.0.0.1:proxy_port. A LISTEN socket found by the flow's tuple is some node process listening
+ * on the destination port, and TIME_WAIT is a dead connection: neither is the proxy. Returns 0
+ * when the packet now belongs to a proxy socket. */
+static __always_inline int proxy_assign(struct __sk_buff *skb, __be32 saddr, __be32 daddr,
+					__be16 sport, __be16 dport, __u16 proxy_port)
+{
+	struct bpf_sock_tuple t = {};
+	t.ipv4.saddr = saddr;
+	t.ipv4.daddr = daddr;
+	t.ipv4.sport = sport;
+	t.ipv4.dport = dport;
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (sk) {
+		if (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT)
+			goto assign;
+		bpf_sk_release(sk);
+	}
+	t.ipv4.daddr = bpf_htonl(LOOPBACK_ADDR);
+	t.ipv4.dport = bpf_htons(proxy_port);
+	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return -1;
+	if (sk->state != BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return -1;
+	}
+assign:;
+	long err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	return err ? -1 : 0;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	__u32 ifindex = skb->ifindex;
@@ -58,12 +110,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return CTX_PASS;
 	if (eth->h_proto != bpf_htons(ETH_P_IP)) {
 		if (eth->h_proto == bpf_htons(ETH_P_IPV6) && enforced && !ipv6_link_scoped(eth + 1, data_end)) {
-			ev.type = EV_DROP;
-			ev.reason = REASON_UNSUPPORTED_L3;
-			ev.verdict = VERDICT_DROPPED;
-			metric_inc(REASON_UNSUPPORTED_L3);
-			emit_event(&ev);
-			return CTX_DROP;
+			return drop(&ev, REASON_UNSUPPORTED_L3);
 		}
 		return CTX_PASS;   /* ARP and the like */
 	}
@@ -130,24 +177,30 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (status == CT_REPLY)
 		return CTX_PASS;
 
+	/* The proxies' own upstream connections (SO_MARK 0x1000, set in the node's stack, so the
+	 * mark is intact here) were enforced by the proxy: the destination's ingress policy is not
+	 * applied again (it would see the node's address, not the real client), and a REDIRECT verdict
+	 * must not drop them. Conntrack still records them so the destination's replies pass. Only a
+	 * process with CAP_NET_ADMIN in the node can set this mark. */
+	int from_proxy = dir == DIR_INGRESS &&
+			 (skb->mark & MARK_PROXY_UPSTREAM_MASK) == MARK_PROXY_UPSTREAM;
 	__u16 proxy_port = 0;
 	int redirect = 0;
 	__u32 plens_id = ep->plens[(dir & 1) * 2], plens_any = ep->plens[(dir & 1) * 2 + 1];
-	if ((enforced || plens_id || plens_any) && !icmp_error) {
+	if ((enforced || plens_id || plens_any) && !icmp_error && !from_proxy) {
 		/* Checked for every packet of a flow, not only the first: a new deny cuts it. A
 		 * direction that is not enforced still obeys deny rules (enableDefaultDeny: false). */
 		struct policy_entry *pe = policy_lookup((__u16)ep->ep_id, dir, remote_id, proto, policy_port,
 							 plens_id, plens_any);
-		if ((pe && pe->verdict == POLICY_DENY) || (!pe && enforced)) {
-			ev.type = EV_DROP;
-			ev.reason = pe ? REASON_POLICY_DENY : REASON_POLICY_DEFAULT;
-			ev.verdict = VERDICT_DROPPED;
-			metric_inc(ev.reason);
-			emit_event(&ev);
-			return CTX_DROP;
-		}
+		if ((pe && pe->verdict == POLICY_DENY) || (!pe && enforced))
+			return drop(&ev, pe ? REASON_POLICY_DENY : REASON_POLICY_DEFAULT);
 		if (pe) {
 			if (pe->verdict == POLICY_REDIRECT) {
+				/* At the destination an L7 flow arrives only through the proxy (the
+				 * source's program redirected it): anything else, e.g. from the node
+				 * itself or a source without the redirect, would bypass L7 rules. */
+				if (dir == DIR_INGRESS)
+					return drop(&ev, REASON_PROXY_BYPASS);
 				redirect = 1;
 				proxy_port = pe->proxy_port;
 			}
@@ -155,33 +208,73 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		}
 	}
 
+	if (dir == DIR_EGRESS && !icmp_error) {
+		/* A node-local destination's ingress policy, done here as Cilium does for local
+		 * delivery: its L7 rules need the redirect at this hook (sk_assign works at tc ingress
+		 * only), and a flow the egress proxy carries reaches it as the proxy's upstream, which
+		 * it no longer polices. */
+		struct endpoint_info *dep = bpf_map_lookup_elem(&ost_ep_by_ip, &ip->daddr);
+		if (dep) {
+			__u32 d_enforced = dep->flags & EP_F_INGRESS_ENFORCED;
+			__u32 d_id = dep->plens[0], d_any = dep->plens[1];
+			if (d_enforced || d_id || d_any) {
+				struct policy_entry *dpe = policy_lookup((__u16)dep->ep_id, DIR_INGRESS, ep->identity,
+									  proto, policy_port, d_id, d_any);
+				if (dpe && dpe->verdict == POLICY_REDIRECT) {
+					if (redirect)
+						return drop(&ev, REASON_PROXY_BOTH_ENDS);
+					redirect = 1;
+					proxy_port = dpe->proxy_port;
+					__sync_fetch_and_add(&dpe->packets, 1);
+				} else if (redirect && ((dpe && dpe->verdict == POLICY_DENY) || (!dpe && d_enforced))) {
+					return drop(&ev, dpe ? REASON_POLICY_DENY : REASON_POLICY_DEFAULT);
+				}
+			}
+		}
+	}
+
+	int refuse = 0;
+	if (redirect) {
+		/* TCP only (Envoy, the Kafka proxy); no proxy port configured counts as no listener. */
+		if (proto != IPPROTO_TCP)
+			return drop(&ev, REASON_PROXY_UNAVAILABLE);
+		if (proxy_port && proxy_assign(skb, ip->saddr, ip->daddr, sport, dport, proxy_port) == 0)
+			skb->mark = (skb->mark & ~MARK_MAGIC_MASK) | MARK_MAGIC_TO_PROXY;
+		else
+			refuse = 1;
+	}
+
 	if (status == CT_NEW) {
+		/* A refused flow keeps a short entry: the reset it gets back must pass as its reply. */
 		struct ct_entry ne = {
-			.expires_ns = now + ct_lifetime(proto, tcp_flags), .packets = 1,
-			.src_identity = ev.src_identity, .proxy_port = proxy_port,
+			.expires_ns = now + (refuse ? CT_LIFETIME_TCP_CLOSING : ct_lifetime(proto, tcp_flags)),
+			.packets = 1, .src_identity = ev.src_identity, .proxy_port = proxy_port,
 			.flags = redirect ? CT_F_REDIRECT : 0,
 		};
 		bpf_map_update_elem(&ost_ct4, &ck, &ne, BPF_ANY);
-		ev.type = EV_TRACE;
-		ev.reason = REASON_NEW_FLOW;
-		ev.verdict = redirect ? VERDICT_REDIRECTED : VERDICT_FORWARDED;
-		ev.proxy_port = proxy_port;
-		metric_inc(REASON_NEW_FLOW);
-		emit_event(&ev);
+		if (!refuse) {
+			ev.type = EV_TRACE;
+			ev.reason = REASON_NEW_FLOW;
+			ev.verdict = redirect ? VERDICT_REDIRECTED : VERDICT_FORWARDED;
+			ev.proxy_port = proxy_port;
+			metric_inc(REASON_NEW_FLOW);
+			emit_event(&ev);
+		}
 	}
-	if (redirect)
-		skb->mark = ((__u32)proxy_port << 16) | MARK_MAGIC_TO_PROXY;
+	if (refuse) {
+		/* Fail closed: not dropped silently (the client would hang until its timeout) but
+		 * passed on with a mark that the agent's nft rule answers with a TCP reset before it is
+		 * forwarded or delivered. */
+		skb->mark = (skb->mark & ~MARK_MAGIC_MASK) | MARK_MAGIC_PROXY_REFUSE;
+		ev.proxy_port = proxy_port;
+		report_drop(&ev, REASON_PROXY_UNAVAILABLE);
+	}
 	return CTX_PASS;
 
 invalid:
 	if (!enforced)
 		return CTX_PASS;
-	ev.type = EV_DROP;
-	ev.reason = REASON_INVALID;
-	ev.verdict = VERDICT_DROPPED;
-	metric_inc(REASON_INVALID);
-	emit_event(&ev);
-	return CTX_DROP;
+	return drop(&ev, REASON_INVALID);
 }
 
 SEC("tc")

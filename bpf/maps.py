@@ -65,6 +65,9 @@ class Reason(enum.IntEnum):
     POLICY_DEFAULT_DENY = 11
     UNSUPPORTED_L3 = 12
     INVALID_PACKET = 13
+    PROXY_UNAVAILABLE = 14
+    PROXY_BYPASS = 15
+    PROXY_BOTH_ENDS = 16
     EVENTS_LOST = 63
 
 
@@ -74,6 +77,9 @@ REASON_TEXT = {
     Reason.UNSUPPORTED_L3: "Unsupported L3 protocol (IPv6 on an enforced endpoint)",
     Reason.INVALID_PACKET: "Invalid packet (truncated header)",
     Reason.NEW_FLOW: "New flow",
+    Reason.PROXY_UNAVAILABLE: "L7 proxy unavailable (flow refused: fail closed)",
+    Reason.PROXY_BYPASS: "L7 rule applies and the flow did not come through the proxy",
+    Reason.PROXY_BOTH_ENDS: "L7 rules at both ends of a node-local flow (one proxy pass cannot enforce both)",
 }
 
 
@@ -534,6 +540,7 @@ LAYOUTS: dict[str, MapLayout] = {
     "ost_ipcache": MapLayout(IpcacheKey, IpcacheValue),
     "ost_ipcache_host": MapLayout(IpKey, IpcacheValue),
     "ost_endpoints": MapLayout(IfindexKey, EndpointInfo),
+    "ost_ep_by_ip": MapLayout(IpKey, EndpointInfo),
     "ost_policy": MapLayout(PolicyMapKey, PolicyMapEntry),
     "ost_ct4": MapLayout(CtKey, CtEntry),
     "ost_metrics": MapLayout(MetricKey, MetricValue),

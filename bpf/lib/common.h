@@ -47,9 +47,20 @@ struct ost_icmphdr {
 #define CTX_PASS TC_ACT_UNSPEC
 #define CTX_DROP TC_ACT_SHOT
 
-/* skb->mark for a flow that an L7 rule covers: 0x0200 in the low 16 bits, proxy port above.
- * The L7 redirect program (issue for Envoy) consumes it. */
-#define MARK_MAGIC_TO_PROXY 0x0200
+/* skb->mark values of the L7 redirect (bits under MARK_MAGIC_MASK; Cilium's layout).
+ * TO_PROXY: the packet was bpf_sk_assign'ed to a node-local proxy socket; the agent's
+ *   `ip rule fwmark 0x200/0xf00 lookup 100` + `local 0.0.0.0/0 dev lo table 100` delivers it
+ *   locally (without that route the kernel would forward it).
+ * PROXY_REFUSE: an L7 rule applies but no proxy listens: the agent's nft rule answers it with a
+ *   TCP reset (fail closed, never forwarded unenforced).
+ * PROXY_UPSTREAM: set by the proxies themselves (SO_MARK) on their upstream connections: those
+ *   flows were enforced by the proxy and are not redirected or policed again. */
 #define MARK_MAGIC_MASK 0x0f00
+#define MARK_MAGIC_TO_PROXY 0x0200
+#define MARK_MAGIC_PROXY_REFUSE 0x0300
+#define MARK_PROXY_UPSTREAM 0x1000
+#define MARK_PROXY_UPSTREAM_MASK 0xf000
+
+#define LOOPBACK_ADDR 0x7f000001   /* 127.0.0.1: where the proxies' transparent listeners bind */
 
 #endif

@@ -18,6 +18,11 @@
 #define REASON_POLICY_DEFAULT 11   /* drop: the endpoint is enforced and no rule allows */
 #define REASON_UNSUPPORTED_L3 12   /* drop: IPv6 on an enforced endpoint (no v6 policy yet) */
 #define REASON_INVALID 13          /* drop: truncated header */
+#define REASON_PROXY_UNAVAILABLE 14 /* refused: an L7 rule applies and no proxy listens (or not TCP) */
+#define REASON_PROXY_BYPASS 15     /* drop: an L7 rule applies at the destination and the flow did
+				    * not come through the proxy (e.g. from the node itself) */
+#define REASON_PROXY_BOTH_ENDS 16  /* drop: L7 rules on both ends of a node-local flow: one proxy
+				    * pass cannot enforce both */
 #define REASON_EVENTS_LOST 63      /* ring buffer full: an event was not delivered */
 
 struct trace_event {

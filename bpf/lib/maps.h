@@ -149,6 +149,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ost_endpoints SEC(".maps");
 
+/* The same records keyed by the endpoint's IP: the source's program checks a node-local
+ * destination's ingress policy (L7 redirect to the ingress proxy, and the L3/L4 verdict for
+ * flows the egress proxy carries, whose upstream the destination does not police again). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __be32);
+	__type(value, struct endpoint_info);
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ost_ep_by_ip SEC(".maps");
+
 /* Policy: a hash map per prefix class ("tuple space search"). A key is (endpoint, direction,
  * identity, prefix class, protocol, port masked to the class): class 0 = any protocol and port,
  * class 1 = one protocol and any port, class 1+n = one protocol and the first n bits of the port

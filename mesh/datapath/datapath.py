@@ -22,7 +22,7 @@ from bpf.maps import (EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED, LAYOUTS, Endp
                       IfindexKey, IpcacheKey, IpcacheValue, IpKey, PolicyMapKey, decode_entry,
                       policy_class)
 from mesh import kernel
-from mesh.datapath import lbmap, policymap
+from mesh.datapath import lbmap, policymap, redirect
 from mesh.errors import DatapathError, NotFoundError
 from mesh.services.model import Frontend
 
@@ -46,6 +46,7 @@ EP_PROGRAMS = (
 DEFAULT_MAP_SIZES = {
     "ost_lb4_svc": 65536, "ost_lb4_backend": 65536, "ost_lb4_affinity": 65536,
     "ost_lb4_revnat": 65536, "ost_ipcache": 65536, "ost_ipcache_host": 65536, "ost_endpoints": 4096,
+    "ost_ep_by_ip": 4096,
     "ost_policy": 65536,
     "ost_ct4": 131072,
 }
@@ -57,7 +58,13 @@ class DatapathConfig:
     pin_dir: str = "/sys/fs/bpf/ostium"
     build_dir: str = bpf_build.DEFAULT_BUILD_DIR
     map_sizes: dict[str, int] = field(default_factory=dict)
-    proxy_ports: dict[str, int] = field(default_factory=dict)   # l7 parser -> proxy port
+    # "<parser>-<direction>" ("http-ingress", "kafka-egress", ...) or "<parser>" -> the proxy's
+    # transparent listener port on 127.0.0.1. A redirected flow without a port is refused.
+    proxy_ports: dict[str, int] = field(default_factory=dict)
+    # The node's routing/nft half of the L7 redirect (mesh.datapath.redirect); off only for tests
+    # that must not touch the namespace's routing.
+    l7_redirect: bool = True
+    redirect_config: redirect.RedirectConfig = field(default_factory=redirect.RedirectConfig)
     max_slots_per_service: int = 256
 
 
@@ -112,6 +119,7 @@ class Datapath:
         self.map_full_errors: dict[str, int] = {}
         self._lock = threading.RLock()
         self._started = False
+        self.redirect_status: dict[str, Any] = {}
 
     # ---- paths ----
     @property
@@ -145,6 +153,8 @@ class Datapath:
             self._adopt_endpoints()
             a2, c2 = self._attach_pinned_endpoint_links()
             self._adopt_services()
+            if self.config.l7_redirect:
+                self.redirect_status = redirect.install(self.config.redirect_config)
             self._started = True
             return StartReport(adopted + a2, created + c2, len(self._endpoints),
                                sum(1 for k in self._svc if k[8:10] == b"\0\0"),
@@ -205,6 +215,13 @@ class Datapath:
             self._endpoints[info.ep_id] = _EndpointState(info.ep_id, ifindex, info.address,
                                                          info.identity, flags=info.flags,
                                                          plens=info.plens)
+        # ost_ep_by_ip mirrors ost_endpoints; rebuilt here (it may be new after an upgrade).
+        by_ip = self._maps["ost_ep_by_ip"]
+        want = {IpKey(e.ip).pack(): e.info().pack() for e in self._endpoints.values()}
+        for k in [k for k in by_ip.keys() if k not in want]:
+            by_ip.delete(k)
+        for k, v in want.items():
+            by_ip.update(k, v)
         pol = self._maps["ost_policy"]
         for k, v in pol.items():
             ep = self._endpoints.get(PolicyMapKey.unpack(k).ep_id)
@@ -273,6 +290,8 @@ class Datapath:
                 os.rmdir(self.config.pin_dir)
             except OSError:
                 pass
+            if self.config.l7_redirect:
+                redirect.remove(self.config.redirect_config)
 
     # ---- endpoints ----
     def _ep_pin(self, ep_id: int, tag: str) -> str:
@@ -290,9 +309,11 @@ class Datapath:
             flags = old.flags if old else 0
             if old and old.ifindex != host_ifindex:
                 self._maps["ost_endpoints"].delete(IfindexKey(old.ifindex).pack())
+            if old and old.ip != ip:
+                self._maps["ost_ep_by_ip"].delete(IpKey(old.ip).pack())
             st = _EndpointState(ep_id, host_ifindex, ip, identity, host_ifname, flags,
                                 old.policy if old else {}, old.plens if old else (0, 0, 0, 0))
-            self._maps["ost_endpoints"].update(IfindexKey(host_ifindex).pack(), st.info().pack())
+            self._write_endpoint(st)
             self.upsert_ipcache(f"{ip}/32", identity)
             self._endpoints[ep_id] = st
             for tag, prog, attach_type in EP_PROGRAMS:
@@ -319,6 +340,11 @@ class Datapath:
                 loader.pin_fd(self.bpf, fd, pin)
                 self._ep_links[key] = fd
 
+    def _write_endpoint(self, st: _EndpointState) -> None:
+        info = st.info().pack()
+        self._maps["ost_ep_by_ip"].update(IpKey(st.ip).pack(), info)
+        self._maps["ost_endpoints"].update(IfindexKey(st.ifindex).pack(), info)
+
     def detach_endpoint(self, ep_id: int) -> None:
         self._require_started()
         with self._lock:
@@ -334,6 +360,7 @@ class Datapath:
             if st is None:
                 return
             self._maps["ost_endpoints"].delete(IfindexKey(st.ifindex).pack())
+            self._maps["ost_ep_by_ip"].delete(IpKey(st.ip).pack())
             pol = self._maps["ost_policy"]
             for k in st.policy:
                 pol.delete(k)
@@ -399,13 +426,13 @@ class Datapath:
             # While old and new entries coexist the program probes both sets of prefix classes.
             st.flags = flags
             st.plens = tuple(a | b for a, b in zip(st.plens, plens))  # type: ignore[assignment]
-            self._maps["ost_endpoints"].update(IfindexKey(st.ifindex).pack(), st.info().pack())
+            self._write_endpoint(st)
             for k in deletes:
                 pol.delete(k)
                 st.policy.pop(k, None)
             if st.plens != tuple(plens):
                 st.plens = tuple(plens)  # type: ignore[assignment]
-                self._maps["ost_endpoints"].update(IfindexKey(st.ifindex).pack(), st.info().pack())
+                self._write_endpoint(st)
             return len(desired)
 
     def _policy_fill(self) -> int:

@@ -5,6 +5,7 @@ Record format (one JSON object per line on GET /v1/monitor):
   type         "drop" | "trace"
   verdict      "FORWARDED" | "REDIRECTED" | "DROPPED"
   reason       "NEW_FLOW" | "POLICY_DENY" | "POLICY_DEFAULT_DENY" | "UNSUPPORTED_L3" | "INVALID_PACKET"
+               | "PROXY_UNAVAILABLE" | "PROXY_BYPASS" | "PROXY_BOTH_ENDS" (L7 redirect, fail closed)
   reason_text  human text of the reason
   direction    "ingress" | "egress"   (of the endpoint whose veth saw the packet)
   endpoint     endpoint id;  ifindex  host-side veth ifindex

@@ -44,6 +44,12 @@ class EndpointPolicyFlags:
     egress_enforced: bool
 
 
+def proxy_port_for(proxy_ports: Mapping[str, int], parser: str, direction: str) -> int:
+    """The proxy listener for `parser` in `direction` ("http-ingress", ...), else the parser's
+    single port ("http"); 0 when none is configured: the datapath then refuses such flows."""
+    return int(proxy_ports.get(f"{parser}-{direction}") or proxy_ports.get(parser) or 0)
+
+
 def entries_for(ep_id: int, map_state: Mapping[Any, Any], proxy_ports: Mapping[str, int] | None = None
                 ) -> dict[PolicyMapKey, PolicyMapEntry]:
     proxy_ports = proxy_ports or {}
@@ -53,7 +59,8 @@ def entries_for(ep_id: int, map_state: Mapping[Any, Any], proxy_ports: Mapping[s
         verdict = PolicyVerdict[_name(entry.verdict)]
         proxy_port = int(getattr(entry, "proxy_port", 0) or 0)
         if verdict is PolicyVerdict.REDIRECT and not proxy_port:
-            proxy_port = int(proxy_ports.get(str(getattr(entry, "l7_parser", "") or ""), 0))
+            proxy_port = proxy_port_for(proxy_ports, str(getattr(entry, "l7_parser", "") or ""),
+                                        "ingress" if direction == 0 else "egress")
         lo, hi = int(key.port_lo or 0), int(key.port_hi or 0)
         if lo and not hi:
             hi = lo

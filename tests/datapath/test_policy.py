@@ -112,22 +112,6 @@ def test_removing_enforcement_restores_default_allow_and_deny_cuts_in(trio, data
     assert not ok(trio, "a", "tcp", B, 8080)
 
 
-def test_redirect_verdict_is_flagged_and_forwarded(trio, datapath):
-    from bpf.maps import Event, Verdict as EvVerdict
-    datapath.sync_policy(2, SimpleNamespace(
-        map_state={PolicyKey(I, ID_A, 6, 8080, 8080): SimpleNamespace(verdict=Verdict.REDIRECT,
-                                                                        l7_parser="http", proxy_port=15001)},
-        ingress_enforced=True, egress_enforced=False))
-    reader = datapath.event_reader()
-    try:
-        assert ok(trio, "a", "tcp", B, 8080)   # no proxy yet: the flow is only flagged
-        evs = wait_for(lambda: [e for e in map(Event.unpack, reader.poll(0))
-                                if e.verdict is EvVerdict.REDIRECTED] or None, 2, "redirect event")
-    finally:
-        reader.close()
-    assert evs[0].proxy_port == 15001 and evs[0].dport == 8080 and evs[0].src_identity == ID_A
-
-
 async def test_events_async_iterator_delivers_drops(trio, datapath):
     import asyncio
     datapath.sync_policy(2, policy({}, ingress=True))

@@ -78,3 +78,22 @@ def test_any_protocol_with_port_expands_and_redirect_gets_proxy_port():
     assert sorted(k.proto for k in entries) == [6, 17, 132]
     assert {(v.verdict, v.proxy_port) for v in entries.values()} == {(PolicyVerdict.REDIRECT, 15001)}
     assert all(isinstance(k, PolicyMapKey) and k.ep_id == 3 and k.prefixlen == 88 for k in entries)
+
+
+def test_redirect_takes_the_proxy_port_of_its_parser_and_direction():
+    E = Direction.EGRESS
+    ports = {"http-ingress": 15001, "http-egress": 15002, "kafka-ingress": 15003, "kafka-egress": 15004}
+    ms = {PolicyKey(I, 0, 6, 80, 80): PolicyEntry(Verdict.REDIRECT, "http"),
+          PolicyKey(E, 0, 6, 80, 80): PolicyEntry(Verdict.REDIRECT, "http"),
+          PolicyKey(I, 0, 6, 9092, 9092): PolicyEntry(Verdict.REDIRECT, "kafka"),
+          PolicyKey(E, 0, 6, 9092, 9092): PolicyEntry(Verdict.REDIRECT, "kafka")}
+    got = {(k.direction, k.port): v.proxy_port for k, v in entries_for(1, ms, ports).items()}
+    assert got == {(0, 80): 15001, (1, 80): 15002, (0, 9092): 15003, (1, 9092): 15004}
+
+
+def test_redirect_falls_back_to_the_parser_port_and_to_none():
+    ms = {PolicyKey(Direction.EGRESS, 0, 6, 80, 80): PolicyEntry(Verdict.REDIRECT, "http"),
+          PolicyKey(I, 0, 6, 9092, 9092): PolicyEntry(Verdict.REDIRECT, "kafka")}
+    got = {k.port: (v.verdict, v.proxy_port) for k, v in entries_for(1, ms, {"http": 15001}).items()}
+    # no port for kafka: still a REDIRECT entry (the datapath refuses it), never an allow
+    assert got == {80: (PolicyVerdict.REDIRECT, 15001), 9092: (PolicyVerdict.REDIRECT, 0)}
