@@ -157,8 +157,8 @@ def intersect_hostnames(route_hosts: Sequence[str], listener_host: str) -> list[
 INVALID_BACKEND = ""   # GwBackend.cluster for a ref that does not resolve (answered with 500)
 
 
-def cluster_name(namespace: str, service: str, port: "int | str") -> str:
-    return f"gw:{namespace}/{service}:{port}"
+def cluster_name(namespace: str, service: str, port: "int | str", http2: bool = False) -> str:
+    return f"gw:{namespace}/{service}:{port}{'/h2' if http2 else ''}"
 
 
 class _Backends:
@@ -166,17 +166,18 @@ class _Backends:
         self.resolver = resolver
         self.clusters: dict[str, GwCluster] = {}
 
-    def cluster(self, namespace: str, service: str, port: "int | str") -> str | None:
-        name = cluster_name(namespace, service, port)
+    def cluster(self, namespace: str, service: str, port: "int | str", http2: bool = False) -> str | None:
+        name = cluster_name(namespace, service, port, http2)
         if name not in self.clusters:
             eps = self.resolver(namespace, service, port)
             if eps is None:
                 return None
-            self.clusters[name] = GwCluster(name, tuple(sorted((str(ip), int(p)) for ip, p in eps)))
+            self.clusters[name] = GwCluster(name, tuple(sorted((str(ip), int(p)) for ip, p in eps)), http2)
         return name
 
 
-def _check_backend_ref(ref: BackendRef, route_ns: str, backends: _Backends) -> tuple[str | None, str, str]:
+def _check_backend_ref(ref: BackendRef, route_ns: str, backends: _Backends,
+                       http2: bool = False) -> tuple[str | None, str, str]:
     """(cluster or None, failure reason, message)."""
     label = f"{ref.namespace}/{ref.name}"
     if ref.group not in ("", "core") or ref.kind != "Service":
@@ -186,7 +187,7 @@ def _check_backend_ref(ref: BackendRef, route_ns: str, backends: _Backends) -> t
                                          "which Ostium does not implement")
     if not ref.port:
         return None, "BackendNotFound", f"backendRef {label}: port is required for a Service"
-    name = backends.cluster(ref.namespace, ref.name, ref.port)
+    name = backends.cluster(ref.namespace, ref.name, ref.port, http2)
     if name is None:
         return None, "BackendNotFound", f"backendRef {label}: service or port {ref.port} not found"
     return name, "", ""
@@ -394,7 +395,8 @@ class _Resolver:
             for rule in route.rules:
                 bks = []
                 for ref in rule.backends:
-                    name, reason, msg = _check_backend_ref(ref, route.namespace, self.backends)
+                    name, reason, msg = _check_backend_ref(ref, route.namespace, self.backends,
+                                                           http2=route.kind == KIND_GRPCROUTE)
                     if name is None:
                         problems.append((reason, msg))
                     bks.append(GwBackend(name or INVALID_BACKEND, ref.weight))

@@ -154,3 +154,48 @@ def http_request(host: str, port: int, path: str, *, method: str = "GET", header
         return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
     finally:
         conn.close()
+
+
+def _serve_main(argv: list[str]) -> None:
+    """`python -m mesh.gateway.testing http|grpc NAME HOST PORT`: a backend process for a test netns.
+    Prints "ready" once listening; runs until killed."""
+    import asyncio
+    import signal
+    import sys
+
+    mode, name, host, port = argv[0], argv[1], argv[2], int(argv[3])
+    if mode == "http":
+        srv = http.server.ThreadingHTTPServer((host, port), _Echo)
+        srv.daemon_threads = True
+        srv.backend_name = name  # type: ignore[attr-defined]
+        print("ready", flush=True)
+        srv.serve_forever()
+        return
+
+    async def grpc_main() -> None:
+        import grpc
+
+        def handler(method: str):
+            async def call(request: bytes, context) -> bytes:
+                return encode_text(f"{name} {method}")
+            return grpc.unary_unary_rpc_method_handler(call)
+
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "test.Echo", {m: handler(f"test.Echo/{m}") for m in ("Say", "Secret", "Other")}),))
+        server.add_insecure_port(f"{host}:{port}")
+        await server.start()
+        print("ready", flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await server.stop(0)
+
+    asyncio.run(grpc_main())
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _serve_main(sys.argv[1:])

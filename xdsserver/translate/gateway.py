@@ -123,6 +123,7 @@ class GwListener:
 class GwCluster:
     name: str
     endpoints: tuple[tuple[str, int], ...]
+    http2: bool = False            # HTTP/2 (h2c) upstream: gRPC backends; else HTTP/1.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,18 +363,22 @@ def _route_config(chain: GwFilterChain) -> dict[str, Any]:
                                "routes": [_route(r) for r in vh.routes]} for vh in chain.virtual_hosts]}
 
 
-def _protocol_options() -> dict[str, Any]:
-    # Same protocol upstream as downstream: gRPC (HTTP/2) stays HTTP/2.
-    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": HTTP_OPTIONS_TYPE,
-        "use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}}}}
+def _protocol_options(http2: bool | None = None) -> dict[str, Any]:
+    """None: the downstream's protocol (egress: the client chose it); else HTTP/2 or HTTP/1.1."""
+    if http2 is None:
+        config: dict[str, Any] = {"use_downstream_protocol_config": {"http_protocol_options": {},
+                                                                     "http2_protocol_options": {}}}
+    else:
+        config = {"explicit_http_config": {"http2_protocol_options" if http2 else "http_protocol_options": {}}}
+    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {"@type": HTTP_OPTIONS_TYPE, **config}}
 
 
 def _cluster(c: GwCluster, opts: GatewayOptions) -> dict[str, Any]:
     cluster: dict[str, Any] = {
         "name": c.name, "type": "STATIC", "lb_policy": "ROUND_ROBIN",
         "connect_timeout": f"{opts.connect_timeout_ms / 1000:.3f}s",
-        "typed_extension_protocol_options": _protocol_options(),
+        # Gateway API: HTTP/1.1 to backends unless they speak gRPC (HTTP/2 without TLS).
+        "typed_extension_protocol_options": _protocol_options(c.http2),
         "load_assignment": {"cluster_name": c.name, "endpoints": [{"lb_endpoints": [
             {"endpoint": {"address": {"socket_address": {"address": ip, "port_value": port}}}}
             for ip, port in c.endpoints]}] if c.endpoints else []},
