@@ -57,6 +57,9 @@ class L7Proxy:
         self.envoy: EnvoyProcess | None = None
         self.start_error = ""
         self._memo = PackMemo()
+        # Resources of other producers (the gateways) that every snapshot carries beside the L7
+        # policy's: source name → resources by type URL (proto3 JSON dicts). Set with set_extra.
+        self.extra: dict[str, Mapping[str, list]] = {}
 
     async def start(self, require_envoy: bool = True) -> None:
         cfg = self.config
@@ -107,7 +110,20 @@ class L7Proxy:
         inp = TranslateInput(ports=tuple(ports),
                              ipcache={k: tuple(str(v) for v in vs) for k, vs in ipcache.items()},
                              options=opts)
-        return Snapshot.build(translate(inp).by_type(), memo=self._memo)
+        by_type = translate(inp).by_type()
+        for source in sorted(self.extra):
+            for type_url, items in self.extra[source].items():
+                by_type.setdefault(type_url, []).extend(items)
+        return Snapshot.build(by_type, memo=self._memo)
+
+    def set_extra(self, source: str, resources: Mapping[str, Iterable[dict]] | None) -> None:
+        """Carry `resources` (by type URL) in every later snapshot; None drops them. Takes effect
+        with the next `apply` (names must not clash with the L7 policy's: Snapshot.build rejects
+        duplicates with a ValidationError, and Envoy keeps its config)."""
+        if resources is None:
+            self.extra.pop(source, None)
+        else:
+            self.extra[source] = {str(t): list(items) for t, items in resources.items()}
 
     def set(self, snapshot: Snapshot) -> None:
         self.cache.set_snapshot(self.config.node_id, snapshot)
