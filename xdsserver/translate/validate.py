@@ -13,8 +13,22 @@ _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-zA-Z]+$")  # RFC 9110 field-name
 _PSEUDO = {":authority", ":method", ":path", ":scheme"}
 
 
+# The characters that make a rule pattern a regex; without any, translate emits an exact match
+# (build._regex), which Envoy does not compile, so no program-size limit applies to it.
+REGEX_META = frozenset("\\.^$|?*+()[]{}")
+
+
+def is_literal(value: str) -> bool:
+    """A pattern that can only fully match itself (sent to Envoy as an exact match)."""
+    return not REGEX_META.intersection(value)
+
+
 def check_regex(value: str, path: str) -> None:
-    """RE2 syntax (the engine Envoy uses) and Envoy's program-size limit."""
+    """RE2 syntax (the engine Envoy uses) and Envoy's program-size limit.
+
+    mesh/policy/parse.py calls this for `rules.http[].method/path/host`, so a policy Envoy would
+    refuse is rejected by `ostium policy apply` with the field path, before anything changes.
+    """
     import re2  # google-re2: the same library Envoy links
 
     opts = re2.Options()
@@ -27,7 +41,7 @@ def check_regex(value: str, path: str) -> None:
             reason = reason.decode(errors="replace")
         raise ValidationError(f"invalid regular expression {value!r}: {reason}", path=path) from None
     size = getattr(compiled, "programsize", 0)
-    if size > MAX_REGEX_PROGRAM_SIZE:
+    if size > MAX_REGEX_PROGRAM_SIZE and not is_literal(value):
         raise ValidationError(f"regular expression {value!r} is too complex for Envoy "
                               f"(RE2 program size {size} > {MAX_REGEX_PROGRAM_SIZE})", path=path)
 
