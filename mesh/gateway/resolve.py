@@ -674,3 +674,57 @@ def _egress(policies: list[EgressGatewayPolicy], statuses: list[ObjectStatus], e
         redirects.append(EgressRedirect(pol.name, tuple(sources), tuple(pol.destination_cidrs),
                                         tuple(pol.excluded_cidrs), egress_ip, opts.egress_port))
     return tuple(chains), tuple(sorted(clusters.values(), key=lambda c: c.name)), tuple(redirects)
+
+
+def service_backend_resolver(services: Iterable, candidates: Iterable) -> BackendResolver:
+    """A BackendResolver over mesh.services (Service manifests + endpoint candidates), as the agent
+    has them: a port is the Service port number or name; the endpoints are its ready backends."""
+    from mesh.services.resolve import resolve_service
+
+    by_key = {(s.namespace, s.name): s for s in services}
+    cands = list(candidates)
+    memo: dict[tuple, "list[tuple[str, int]] | None"] = {}
+
+    def resolver(namespace: str, service: str, port: "int | str") -> "list[tuple[str, int]] | None":
+        key = (namespace, service, port)
+        if key in memo:
+            return memo[key]
+        svc = by_key.get((namespace, service))
+        out = None
+        if svc is not None:
+            for sp, fe in zip(svc.ports, resolve_service(svc, cands)):
+                if sp.protocol == "TCP" and (sp.port == port if isinstance(port, int) else sp.name == port):
+                    out = [(b.ip, b.port) for b in fe.backends]
+                    break
+        memo[key] = out
+        return out
+
+    return resolver
+
+
+STATUS_COLUMNS = ["kind", "namespace", "name", "accepted", "programmed", "resolved", "reason", "message"]
+
+
+def status_rows(statuses: Iterable[dict]) -> list[dict]:
+    """Status objects (ObjectStatus.to_api()) flattened for `ostium gateway status -o table`: one row
+    per object, per Gateway listener and per route parent; the first failing condition explains it."""
+    def summary(conds: list[dict]) -> dict:
+        by = {c["type"]: c for c in conds}
+        bad = next((c for c in conds if (c["status"] == "False") != (c["type"] == "Conflicted")), None)
+        flag = lambda t: by[t]["status"] if t in by else "-"  # noqa: E731
+        return {"accepted": flag("Accepted"), "programmed": flag("Programmed"), "resolved": flag("ResolvedRefs"),
+                "reason": bad["reason"] if bad else "", "message": bad["message"] if bad else ""}
+
+    rows = []
+    for st in statuses:
+        base = {"kind": st["kind"], "namespace": st["namespace"] or "-", "name": st["name"]}
+        rows.append({**base, **summary(st["conditions"])})
+        for lst in st.get("listeners", []):
+            rows.append({**base, "kind": "  listener", "name": f"{st['name']}/{lst['name']}:{lst['port']}",
+                         **summary(lst["conditions"])})
+        for p in st.get("parents", []):
+            ref = p["parentRef"]
+            section = f"/{ref['sectionName']}" if ref.get("sectionName") else ""
+            rows.append({**base, "kind": "  parent", "name": f"{ref['namespace']}/{ref['name']}{section}",
+                         **summary(p["conditions"])})
+    return rows
