@@ -92,6 +92,8 @@ class Agent:
         self.stop_hooks: list[Callable[[], Awaitable[None]]] = []
         self.datapath: Any = None
         self.l7proxy: Any = None
+        self.kafka: Any = None
+        self.flows: Any = None
         self.proxy_ports: dict[str, int] = {}  # L7 parser → transparent proxy port (Envoy, Kafka proxy)
 
     # --- lifecycle ------------------------------------------------------------------------------------
@@ -162,6 +164,11 @@ class Agent:
 
             self.l7proxy = L7ProxyComponent(self)
             self.proxy_ports.update(self.l7proxy.proxy_ports)
+        if self.config.kafka_proxy:
+            from mesh.components.kafka import KafkaComponent
+
+            self.kafka = KafkaComponent(self)
+            self.proxy_ports.update(self.kafka.proxy_ports)
         if self.config.datapath:
             from mesh.components.datapath import DatapathComponent
 
@@ -180,6 +187,10 @@ class Agent:
             self.register_kind_handler(KindHandler(("Service",), apply=self._apply_stored,
                                                    delete=self._delete_stored, order=40))
             self.components["datapath"] = lambda: {"state": "disabled (--no-datapath)"}
+        if self.kafka is not None:
+            await self.kafka.start()
+            self.stop_hooks.append(self.kafka.stop)
+            self.components["kafka"] = self.kafka.status
         if self.l7proxy is not None:
             await self.l7proxy.start()
             self.stop_hooks.append(self.l7proxy.stop)
@@ -188,6 +199,24 @@ class Agent:
             self.components["envoy"] = self.l7proxy.status
         else:
             self.components["envoy"] = lambda: {"state": "disabled (--no-envoy)"}
+        from mesh.components.flows import FlowsComponent
+
+        self.flows = FlowsComponent(self)
+        await self.flows.start()
+        self.stop_hooks.append(self.flows.stop)
+        self.extra_routes.append(self.flows.service.routes)
+        self.components["flows"] = self.flows.status
+        obs = self.flows.observer
+        if self.datapath is not None:
+            self.datapath.raw_sinks.append(obs.ingest_datapath_raw)
+        if self.l7proxy is not None:
+            self.l7proxy.record_hooks.append(obs.ingest_http_record)
+        if self.kafka is not None:
+            self.kafka.record_hooks.append(obs.ingest_kafka_record)
+        self.endpoint_hooks.append(self._invalidate_flow_enrichment)
+
+    async def _invalidate_flow_enrichment(self, event: str, ep: Endpoint) -> None:
+        self.flows.observer.invalidate_enrichment()
 
     async def endpoint_event(self, event: str, ep: Endpoint) -> None:
         for hook in self.endpoint_hooks:

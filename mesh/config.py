@@ -49,6 +49,9 @@ class Config:
     envoy_admin_port: int = 0
     proxy_port_base: int = 15000
     flow_ring_size: int = 65536
+    flow_export_path: str = ""  # JSON lines of every flow (size-capped, one rotated file); empty: off
+    metrics_port: int = 9962  # Prometheus /metrics and the web UI on 127.0.0.1 (0: off)
+    kafka_proxy: bool = True
 
     @property
     def router(self) -> str:

@@ -42,6 +42,7 @@ class DatapathComponent:
         self.start_report: dict[str, Any] = {}
         self.sync_errors = 0
         self.attached: set[int] = set()  # endpoint ids whose veth programs are attached
+        self.raw_sinks: list = []  # callables taking each raw ring-buffer record (the flow observer)
 
     # --- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -61,13 +62,32 @@ class DatapathComponent:
         self.agent.identity.ipcache.subscribe(self._ipcache_changed, replay=True)
 
     async def _run_events(self) -> None:
+        """The ring's only reader: raw records go to the flow observer (its fast path); decoded records
+        go to `ostium monitor` subscribers, only while there are any."""
+        from bpf.maps import Event
+        from mesh.datapath.events import event_record
+
         assert self.hub is not None
+        loop = asyncio.get_running_loop()
+        rb = self.dp.event_reader()
+        ready = asyncio.Event()
+        loop.add_reader(rb.epoll_fd, ready.set)
         try:
-            await self.hub.run()
+            while True:
+                for raw in rb.consume():
+                    for sink in self.raw_sinks:
+                        sink(raw)
+                    if self.hub.has_subscribers():
+                        self.hub.publish(event_record(Event.unpack(raw), self.hub.resolve))
+                await ready.wait()
+                ready.clear()
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("datapath event reader stopped")
+        finally:
+            loop.remove_reader(rb.epoll_fd)
+            rb.close()
 
     async def reconcile(self) -> None:
         """After the agent's endpoints are reconciled: detach what the agent no longer knows."""
@@ -211,8 +231,17 @@ class DatapathComponent:
             maps = self.dp.maps_info()
         except Exception:
             maps = []
+        try:
+            refused = self.dp.metrics().get("PROXY_UNAVAILABLE", 0)
+        except Exception:
+            refused = None
+        # L7 redirect: the node's fwmark rule/local route/reject rule, the proxy ports flows go to,
+        # and how many flows were refused (fail closed) because no proxy listened.
+        l7 = {**self.dp.redirect_status, "proxy_ports": dict(self.dp.config.proxy_ports),
+              "refused_flows": refused}
         return {"state": "error" if self.last_error else "ready",
                 "pin_dir": self.dp.config.pin_dir,
+                "l7_redirect": l7,
                 "applied_policy_revision": self.applied_revision,
                 "endpoints": len(self.dp.endpoints()),
                 "maps": {m["name"]: f"{m.get('entries', m.get('fill', '?'))}/{m.get('max_entries', '?')}"

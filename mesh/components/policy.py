@@ -46,7 +46,7 @@ class PolicyComponent:
         self.repo = PolicyRepository()
         self.applied_revision = 0
         self.regenerate_hooks: list[Callable[[list[tuple[str, str]], list[tuple[str, str]]], Awaitable[None]]] = []
-        self.regen_seconds: list[float] = []  # recent regeneration times (for metrics)
+        self.regen_observers: list[Callable[[float], None]] = []  # regeneration time (seconds) → metrics
         self._lock = asyncio.Lock()
 
     # --- lifecycle ----------------------------------------------------------------------------------
@@ -97,8 +97,9 @@ class PolicyComponent:
             for hook in self.regenerate_hooks:
                 await hook(changed, deleted)
             self.applied_revision = target
-            self.regen_seconds.append(time.perf_counter() - start)
-            del self.regen_seconds[:-1000]
+            took = time.perf_counter() - start
+            for fn in self.regen_observers:
+                fn(took)
 
     # --- manifests ----------------------------------------------------------------------------------
     async def apply(self, item: Parsed) -> str:

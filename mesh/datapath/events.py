@@ -52,14 +52,19 @@ class EventHub:
 
     async def run(self) -> None:
         async for ev in self.datapath.events():
-            if not self._subs:
-                continue
-            rec = event_record(ev, self.resolve)
-            for q in list(self._subs):
-                if q.full():
-                    q.get_nowait()
-                    self.lost += 1
-                q.put_nowait(rec)
+            if self._subs:
+                self.publish(event_record(ev, self.resolve))
+
+    def has_subscribers(self) -> bool:
+        return bool(self._subs)
+
+    def publish(self, rec: dict[str, Any]) -> None:
+        """Hand one record to every subscriber (for a reader loop that owns the ring itself)."""
+        for q in list(self._subs):
+            if q.full():
+                q.get_nowait()
+                self.lost += 1
+            q.put_nowait(rec)
 
     async def subscribe(self, types: set[str] | None = None, endpoint: int | None = None
                         ) -> AsyncIterator[dict[str, Any]]:
