@@ -186,6 +186,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			 (skb->mark & MARK_PROXY_UPSTREAM_MASK) == MARK_PROXY_UPSTREAM;
 	__u16 proxy_port = 0;
 	int redirect = 0;
+	__u8 refuse = 0;   /* REASON_* when the flow is refused (answered with a reset) */
 	__u32 plens_id = ep->plens[(dir & 1) * 2], plens_any = ep->plens[(dir & 1) * 2 + 1];
 	if ((enforced || plens_id || plens_any) && !icmp_error && !from_proxy) {
 		/* Checked for every packet of a flow, not only the first: a new deny cuts it. A
@@ -221,10 +222,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 				struct policy_entry *dpe = policy_lookup((__u16)dep->ep_id, DIR_INGRESS, ep->identity,
 									  proto, policy_port, d_id, d_any);
 				if (dpe && dpe->verdict == POLICY_REDIRECT) {
-					if (redirect)
-						return drop(&ev, REASON_PROXY_BOTH_ENDS);
-					redirect = 1;
-					proxy_port = dpe->proxy_port;
+					if (redirect) {
+						refuse = REASON_PROXY_BOTH_ENDS;
+					} else {
+						redirect = 1;
+						proxy_port = dpe->proxy_port;
+					}
 					__sync_fetch_and_add(&dpe->packets, 1);
 				} else if (redirect && ((dpe && dpe->verdict == POLICY_DENY) || (!dpe && d_enforced))) {
 					return drop(&ev, dpe ? REASON_POLICY_DENY : REASON_POLICY_DEFAULT);
@@ -233,15 +236,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		}
 	}
 
-	int refuse = 0;
-	if (redirect) {
+	if (redirect && !refuse) {
 		/* TCP only (Envoy, the Kafka proxy); no proxy port configured counts as no listener. */
 		if (proto != IPPROTO_TCP)
 			return drop(&ev, REASON_PROXY_UNAVAILABLE);
 		if (proxy_port && proxy_assign(skb, ip->saddr, ip->daddr, sport, dport, proxy_port) == 0)
 			skb->mark = (skb->mark & ~MARK_MAGIC_MASK) | MARK_MAGIC_TO_PROXY;
 		else
-			refuse = 1;
+			refuse = REASON_PROXY_UNAVAILABLE;
 	}
 
 	if (status == CT_NEW) {
@@ -267,7 +269,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		 * forwarded or delivered. */
 		skb->mark = (skb->mark & ~MARK_MAGIC_MASK) | MARK_MAGIC_PROXY_REFUSE;
 		ev.proxy_port = proxy_port;
-		report_drop(&ev, REASON_PROXY_UNAVAILABLE);
+		report_drop(&ev, refuse);
 	}
 	return CTX_PASS;
 
