@@ -278,3 +278,19 @@ def test_status_rows_explain_the_first_failure():
 def test_gateway_class(cls, accepted):
     res = _resolve(_gateway("gw", "[{name: web, port: 80, protocol: HTTP}]").replace("ostium", cls))
     assert _conds(_status(res, "Gateway", "gw")["conditions"])["Accepted"][0] == accepted
+
+
+def test_examples_parse_and_resolve():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "examples" / "gateways"
+    text = "\n---\n".join(p.read_text() for p in sorted(root.glob("*.yaml")))
+    res = resolve(load_objects(text), GatewaySettings(), lambda ns, s, p: [("10.0.0.9", 8080)],
+                  endpoints=[EgressEndpoint("10.0.0.1", "shop", {"app": "billing"})])
+    edge = _status(res, "Gateway", "edge")
+    https = next(lst for lst in edge["listeners"] if lst["name"] == "https")
+    assert _conds(https["conditions"])["ResolvedRefs"] == ("False", "InvalidCertificateRef")   # placeholder PEM
+    assert all(_conds(s.to_api()["conditions"]).get("Accepted", ("True",))[0] == "True" for s in res.statuses)
+    assert sorted(lst.port for lst in res.input.listeners) == [80, 8080]
+    (chain,) = res.input.egress_chains
+    assert chain.sources == ("10.0.0.1",) and chain.http[0].host == r"api\.partner\.example"
