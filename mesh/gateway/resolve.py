@@ -549,8 +549,16 @@ def resolve(objs: GatewayObjects, settings: GatewaySettings, resolve_backends: B
         first = r.listeners[keys[0]][0]
         if first.protocol is ListenerProtocol.HTTP:
             merged: dict[str, list[_Entry]] = defaultdict(list)
+            listener_hosts = [r.listeners[k][0].hostname for k in keys]
             for key in keys:
+                own = r.listeners[key][0].hostname
                 for host, entries in attached.get(key, {}).items():
+                    # Listener isolation: a request is served only by routes of the most specific
+                    # listener matching its host, so a route of a broader listener loses hostnames
+                    # that a more specific listener on the same port claims.
+                    if any(_more_specific(other, own) and (host == other or hostname_matches(host, other))
+                           for other in listener_hosts):
+                        continue
                     merged[host].extend(entries)
             name = f"gw-http-{port}"
             chains = (GwFilterChain(name, _vhosts(merged, name)),)
@@ -585,6 +593,18 @@ def resolve(objs: GatewayObjects, settings: GatewaySettings, resolve_backends: B
     inp = GatewayInput(tuple(listeners), tuple(sorted(backends.clusters.values(), key=lambda c: c.name)),
                        tuple(sorted(r.secrets.values(), key=lambda s: s.name)), chains, clusters, opts)
     return Resolution(inp, tuple(r.statuses), redirects)
+
+
+def _more_specific(a: str, b: str) -> bool:
+    """Is listener hostname `a` more specific than `b` ("" = any; exact beats wildcard)?"""
+    if a == b or not a:
+        return False
+    if not b:
+        return True
+    if b.startswith("*."):
+        return not a.startswith("*.") and hostname_matches(a, b) or (a.startswith("*.") and a.endswith(b[1:])
+                                                                      and len(a) > len(b))
+    return False
 
 
 # ---- egress --------------------------------------------------------------------------------------

@@ -294,3 +294,17 @@ def test_examples_parse_and_resolve():
     assert sorted(lst.port for lst in res.input.listeners) == [80, 8080]
     (chain,) = res.input.egress_chains
     assert chain.sources == ("10.0.0.1",) and chain.http[0].host == r"api\.partner\.example"
+
+
+def test_http_listener_isolation():
+    """gateway-http-listener-isolation: a host goes only to routes of the most specific listener."""
+    gw = _gateway("gw", "[{name: empty, port: 80, protocol: HTTP}, {name: wild, port: 80, protocol: HTTP, "
+                        "hostname: '*.example.com'}, {name: exact, port: 80, protocol: HTTP, hostname: a.example.com}]")
+    rule = "[{backendRefs: [{name: %s, port: 80}]}]"
+    res = _resolve(gw + _route("r-empty", "{name: gw, sectionName: empty}", rule % "web",
+                               hostnames="[a.example.com, b.example.com, other.test]")
+                   + _route("r-wild", "{name: gw, sectionName: wild}", rule % "api")
+                   + _route("r-exact", "{name: gw, sectionName: exact}", rule % "web"))
+    vhosts = {vh.domains[0]: [r.name.split("/")[2] for r in vh.routes]
+              for vh in res.input.listeners[0].chains[0].virtual_hosts}
+    assert vhosts == {"a.example.com": ["r-exact"], "*.example.com": ["r-wild"], "other.test": ["r-empty"]}
