@@ -362,10 +362,13 @@ class ObjectStatus:
     conditions: list[Condition] = field(default_factory=list)
     listeners: list[dict] = field(default_factory=list)
     parents: list[dict] = field(default_factory=list)
+    addresses: list[str] = field(default_factory=list)   # Gateway status.addresses / Ingress loadBalancer
 
     def to_api(self) -> dict:
         out: dict = {"kind": self.kind, "namespace": self.namespace, "name": self.name,
                      "conditions": [c.to_api() for c in self.conditions]}
+        if self.addresses:
+            out["addresses"] = [{"type": "IPAddress", "value": a} for a in self.addresses]
         if self.listeners:
             out["listeners"] = self.listeners
         if self.parents:

@@ -377,6 +377,8 @@ class _Resolver:
                                        if k in (KIND_HTTPROUTE, KIND_GRPCROUTE)],
                     "conditions": [c.to_api() for c in conds]}
                 st.listeners.append(self.listener_status[key])
+            if programmed_any:
+                st.addresses.append(self.s.options.address)
             st.conditions += [_cond("Accepted", True, "Accepted"),
                               _cond("Programmed", programmed_any, "Programmed" if programmed_any else "Invalid",
                                     "" if programmed_any else "no listener could be programmed")]
@@ -513,6 +515,7 @@ class _Resolver:
             else:
                 st.conditions.append(_cond("ResolvedRefs", True, "ResolvedRefs"))
             st.conditions.append(_cond("Programmed", True, "Programmed"))
+            st.addresses.append(self.s.options.address)
         if defaults:
             # The oldest Ingress's defaultBackend catches what no rule of any host matches.
             default = sorted(defaults, key=lambda d: d[0])[0][1]

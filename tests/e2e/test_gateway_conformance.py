@@ -86,6 +86,10 @@ def _check_http_case(case: dict, port: int) -> None:
         assert r.status == case["status"], (case, r.status, r.body[:200])
         if "location" in case:
             assert r.headers.get("location") == case["location"], (case, r.headers)
+    for k, v in (case.get("response_headers") or {}).items():
+        assert r.headers.get(k) == v, (case, r.headers)
+    for k in case.get("absent_response_headers") or ():
+        assert k not in r.headers, (case, r.headers)
 
 
 @pytest.mark.parametrize("suite", HTTP_SUITES, ids=[s["name"] for s in HTTP_SUITES])

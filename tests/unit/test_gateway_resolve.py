@@ -308,3 +308,9 @@ def test_http_listener_isolation():
     vhosts = {vh.domains[0]: [r.name.split("/")[2] for r in vh.routes]
               for vh in res.input.listeners[0].chains[0].virtual_hosts}
     assert vhosts == {"a.example.com": ["r-exact"], "*.example.com": ["r-wild"], "other.test": ["r-empty"]}
+
+
+def test_programmed_objects_report_the_node_address():
+    res = resolve(load_objects(_gateway("gw", "[{name: web, port: 80, protocol: HTTP}]")),
+                  GatewaySettings(options=GatewayOptions(address="192.0.2.7")), lambda *a: None)
+    assert _status(res, "Gateway", "gw")["addresses"] == [{"type": "IPAddress", "value": "192.0.2.7"}]
