@@ -160,6 +160,10 @@ def _filter_chain(name: str, ip: str, direction: Direction, port: int, endpoint:
         "merge_slashes": True,
         "path_with_escaped_slashes_action": opts.escaped_slashes.value,
         "strip_any_host_port": True,                # host rules match "svc", not "svc:80"
+        # The peer is who connected (the redirected endpoint), never what X-Forwarded-For claims:
+        # access logs and flows must not take a client-supplied source. Requests pass unaltered.
+        "use_remote_address": True,
+        "skip_xff_append": True,
         "rds": {"route_config_name": name,
                 "config_source": {"ads": {}, "resource_api_version": "V3"}},
         "http_filters": [
