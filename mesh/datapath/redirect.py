@@ -101,7 +101,7 @@ def install(cfg: RedirectConfig = RedirectConfig()) -> dict[str, object]:
     out: dict[str, object] = {"fwmark": f"{MARK_TO_PROXY:#x}/{MARK_MASK:#x}", "table": cfg.table,
                               "reject": reject}
     if src_valid_mark():
-        out["warning"] = ("net.ipv4.conf.all.src_valid_mark=1 breaks the L7 redirect (redirected "
+        out["warning"] = ("net.ipv4.conf.{all,default}.src_valid_mark=1 breaks the L7 redirect (redirected "
                           "packets are dropped as martians): flows under L7 rules will time out")
     return out
 
@@ -118,8 +118,12 @@ def remove(cfg: RedirectConfig = RedirectConfig()) -> None:
 
 
 def src_valid_mark() -> bool:
-    try:
-        with open("/proc/sys/net/ipv4/conf/all/src_valid_mark", encoding="ascii") as fh:
-            return fh.read().strip() == "1"
-    except OSError:
-        return False
+    """On for all devices, or for new ones (the endpoints' veths)."""
+    for dev in ("all", "default"):
+        try:
+            with open(f"/proc/sys/net/ipv4/conf/{dev}/src_valid_mark", encoding="ascii") as fh:
+                if fh.read().strip() == "1":
+                    return True
+        except OSError:
+            pass
+    return False

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -77,6 +79,49 @@ class Node:
         p = subprocess.Popen(argv, preexec_fn=self._enter(key), **kw)
         self.procs.append(p)
         return p
+
+
+class FakeProxy:
+    """A transparent listener on 127.0.0.1:port in the node's netns: answers each connection with
+    the address it was really for (getsockname) and the client's address."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT: sk_assign'ed flows need it
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(64)
+        self.seen: list[tuple[tuple, tuple]] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                c, peer = self.sock.accept()
+            except OSError:
+                return
+            local = c.getsockname()
+            self.seen.append((local, peer))
+            c.sendall(f"proxy {local[0]}:{local[1]}\n".encode())
+            c.close()
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._thread.join(2)
+
+
+@pytest.fixture
+def proxy() -> Iterator[Callable[[int], FakeProxy]]:
+    """Starts stand-in proxies (transparent listeners in the node netns the test is in)."""
+    proxies: list[FakeProxy] = []
+    yield lambda port: proxies.append(FakeProxy(port)) or proxies[-1]
+    for p in proxies:
+        try:
+            p.close()
+        except OSError:
+            pass
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ pytestmark = pytest.mark.root
 A, B, C = "10.213.3.1", "10.213.3.2", "10.213.3.3"
 ID_A, ID_B, ID_C = 1101, 1102, 1103
 I, E = Direction.INGRESS, Direction.EGRESS
-IP_TRANSPARENT = 19
 SO_MARK = 36
 PROXY_IN, PROXY_OUT = 15901, 15902
 
@@ -37,37 +36,6 @@ def l7(entries: dict, ingress: bool = False, egress: bool = False):
         ingress_enforced=ingress, egress_enforced=egress)
 
 
-class FakeProxy:
-    """A transparent listener on 127.0.0.1:port in the node's netns: answers each connection with
-    the address it was really for (getsockname) and the client's address."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-        self.sock.bind(("127.0.0.1", port))
-        self.sock.listen(64)
-        self.seen: list[tuple[tuple, tuple]] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                c, peer = self.sock.accept()
-            except OSError:
-                return
-            local = c.getsockname()
-            self.seen.append((local, peer))
-            c.sendall(f"proxy {local[0]}:{local[1]}\n".encode())
-            c.close()
-
-    def close(self) -> None:
-        self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self._thread.join(2)
-
-
 @pytest.fixture
 def trio(node, datapath):
     for i, (key, ip, ident) in enumerate((("a", A, ID_A), ("b", B, ID_B), ("c", C, ID_C)), start=1):
@@ -75,17 +43,6 @@ def trio(node, datapath):
         datapath.attach_endpoint(i, ep.host_ifname, ep.host_ifindex, ip, ident)
     node.start_server("b", "b", 8080)
     return node
-
-
-@pytest.fixture
-def proxy():
-    proxies: list[FakeProxy] = []
-    yield lambda port: proxies.append(FakeProxy(port)) or proxies[-1]
-    for p in proxies:
-        try:
-            p.close()
-        except OSError:
-            pass
 
 
 def connect(node, src: str, dst: str, port: int, timeout: float = 1.0) -> dict:

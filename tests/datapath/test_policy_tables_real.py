@@ -4,8 +4,10 @@ policy the repository computed; every query becomes a TCP/UDP connection or a pi
 gets through must be the table's expected verdict. External addresses in queries become plain
 hosts (namespaces without programs) whose identity the datapath takes from the ipcache.
 
-Queries with an L7 request (http/kafka) need the proxy and are left to the Envoy/Kafka tests;
-reserved: peers and SCTP cannot be produced here and are skipped."""
+Queries with an L7 request (http/kafka) need the real proxy and are left to the Envoy/Kafka tests;
+reserved: peers and SCTP cannot be produced here and are skipped. A flow the table redirects without
+a request must reach the proxy: a stand-in transparent listener answers for Envoy and the Kafka proxy
+(with none, the datapath refuses such flows: fail closed)."""
 
 from __future__ import annotations
 
@@ -14,10 +16,25 @@ import os
 import pytest
 
 from mesh.policy.trace import parse_dport, resolve_peer
-from tests.datapath.conftest import Node
+from tests.datapath.conftest import BUILD_DIR, Node
 from tests.unit.test_policy_tables import VERDICT_TABLES, build_repository, load_table
 
 pytestmark = pytest.mark.root
+STANDIN_PROXY_PORT = 15911
+
+
+@pytest.fixture
+def datapath(node, pin_dir, proxy):
+    from mesh.datapath import Datapath, DatapathConfig
+
+    proxy(STANDIN_PROXY_PORT)
+    dp = Datapath(DatapathConfig(cgroup_root=node.plumbing.cgroup_root, pin_dir=pin_dir, build_dir=BUILD_DIR,
+                                 proxy_ports={"http": STANDIN_PROXY_PORT, "kafka": STANDIN_PROXY_PORT}))
+    try:
+        dp.start()
+        yield dp
+    finally:
+        dp.purge()
 
 
 def replayable(q: dict) -> bool:
@@ -65,6 +82,10 @@ def test_table_verdicts_hold_for_real_traffic(path, node: Node, datapath):
                 servers.add((dst.ip, port))
             rec = node.client(keys[src.ip], proto.name.lower(), dst.ip, port, count=1, timeout=0.5)[0]
             got = "error" not in rec
+            # expect_l7 is set exactly for flows that go through an L7 proxy
+            if got and rec.get("backend", "").startswith("proxy ") != ("expect_l7" in q):
+                failures.append(f"{q.get('name')}: {q['src']} -> {q['dst']} {q['dport']}: "
+                                f"{'bypassed' if 'expect_l7' in q else 'went through'} the proxy")
         want = q["expect"] == "allowed"
         if got != want:
             failures.append(f"{q.get('name')}: {q['src']} -> {q['dst']} {q['dport']}: expected {q['expect']}, "
