@@ -42,6 +42,16 @@ def test_codec_size_matches_the_c_struct(btf_sizes, c_name):
     assert C_STRUCTS[c_name].size() == btf_sizes[c_name]
 
 
+def test_every_map_with_a_codec_is_declared_in_the_objects(tmp_path_factory):
+    require_binary("clang")
+    bpftool = require_binary("bpftool")
+    objs = bpf_build.build(tmp_path_factory.mktemp("bpf-maps"))
+    out = subprocess.run([bpftool, "btf", "dump", "file", str(objs["lxc"]), "format", "raw"],
+                         capture_output=True, text=True, check=True).stdout
+    declared = set(re.findall(r"VAR '(ost_\w+)'", out))
+    assert set(maps.LAYOUTS) <= declared, set(maps.LAYOUTS) - declared
+
+
 def test_build_is_cached_by_content(tmp_path):
     require_binary("clang")
     first = bpf_build.build(tmp_path)
