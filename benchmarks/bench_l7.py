@@ -8,6 +8,8 @@ cgroup. Scenarios, one after the other on the same endpoints:
   direct   L3/L4 policy only (client → web:80,8080 and grpc:50051 allowed; the kernel forwards)
   l7-1     the same ports with one HTTP rule each: every request goes through Envoy's RBAC
   l7-1000  1,000 HTTP rules per port (999 regex rules that do not match, the matching one last)
+  l7-1 no-log  diagnostic: l7-1 on a second agent with Envoy's access log to the agent off
+               (OSTIUM_ENVOY_ACCESS_LOG=off: no L7 flows), to show what per-request flow processing costs
 
 Reported per scenario and workload: requests/s, p50/p99 latency, Envoy's RSS; ratios l7-1/direct and
 l7-1000/l7-1; and apply-to-enforced at 1,000 rules: from the start of a policy apply (in-process: parse +
@@ -221,6 +223,35 @@ def median_run(rs: list[dict]) -> dict:
             "errors": "; ".join(r["errors"] for r in rs if r["errors"]), "rounds": [round(r["rps"]) for r in rs]}
 
 
+class _EnvAgent(AgentProcess):
+    def __init__(self, extra_env: dict[str, str], **kw) -> None:
+        super().__init__(**kw)
+        self.extra_env = extra_env
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), **self.extra_env}
+
+
+def start_node(agents: list[AgentProcess], tmp: str, name: str, pod_cidr: str,
+               env: dict[str, str]) -> tuple[AgentProcess, dict[str, str]]:
+    """An agent with the bench endpoints (nginx on its own files under tmp/name), ready to serve."""
+    d = os.path.join(tmp, name)
+    for sub in ("www", "tmp"):
+        os.makedirs(os.path.join(d, sub))
+    Path(d, "www", "index.html").write_bytes(BODY)
+    conf = os.path.join(d, "nginx.conf")
+    Path(conf).write_text(NGINX_CONF.format(d=d))
+    a = _EnvAgent(env, pod_cidr=pod_cidr)
+    agents.append(a)
+    a.start()
+    a.cli("apply", "-f", "-", input=manifest(conf, d))
+    ips = {e["name"]: e["ip"] for e in a.cli_json("endpoint", "list") if e.get("namespace") == "bench"}
+    wait_for(lambda: http_status(a, f"http://{ips['web']}/index.html") == "200", 20, what="nginx")
+    wait_for(lambda: a.raw_exec("bench.client", PYTHON, str(EMPIRE), "call", f"{ips['grpc']}:50051",
+                                "RequestLanding", "--timeout", "1").returncode == 0, 30, what="the gRPC server")
+    return a, ips
+
+
 PROBER = r"""
 import http.client, sys, time
 host, path = sys.argv[1], sys.argv[2]
@@ -298,32 +329,34 @@ def main() -> int:
             return 1
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="ostium-bench-l7-")
-    os.chmod(tmp, 0o755)
-    for sub in ("www", "tmp"):
-        os.makedirs(os.path.join(tmp, sub))
-    Path(tmp, "www", "index.html").write_bytes(BODY)
-    conf = os.path.join(tmp, "nginx.conf")
-    Path(conf).write_text(NGINX_CONF.format(d=tmp))
-    a = AgentProcess(pod_cidr="10.221.0.0/24")
+    os.chmod(tmp, 0o755)  # nginx reads its files as root, but keep them readable for its workers anyway
+    agents: list[AgentProcess] = []
     results: dict[str, dict[str, dict]] = {}
     rss: dict[str, float] = {}
     enforce: dict[str, list[float]] = {}
     try:
-        a.start()
-        a.cli("apply", "-f", "-", input=manifest(conf, tmp))
-        ips = {e["name"]: e["ip"] for e in a.cli_json("endpoint", "list") if e.get("namespace") == "bench"}
-        web, grpc = ips["web"], ips["grpc"]
-        wait_for(lambda: http_status(a, f"http://{web}/index.html") == "200", 20, what="nginx")
-        wait_for(lambda: a.raw_exec("bench.client", PYTHON, str(EMPIRE), "call", f"{grpc}:50051",
-                                    "RequestLanding", "--timeout", "1").returncode == 0, 30, what="the gRPC server")
+        a, ips = start_node(agents, tmp, "main", "10.221.0.0/24", {})
+        # Diagnostic: the same L7 path with Envoy's access log to the agent turned off (no L7 flows): what
+        # the agent's per-request flow processing costs on these shared CPUs.
+        b, ips_b = start_node(agents, tmp, "nolog", "10.224.0.0/24", {"OSTIUM_ENVOY_ACCESS_LOG": "off"})
+        web, grpc, web_b = ips["web"], ips["grpc"], ips_b["web"]
+        apply_policy(b, policy(1), web_b, l7=True)
         workloads = {
-            "http1 (wrk)": lambda: run_wrk(a, f"http://{web}/index.html", args.duration, args.connections),
-            "http2 (h2load)": lambda: run_h2load(a, f"http://{web}:8080/index.html", args.duration,
-                                                 args.connections, 10, tmp),
-            "grpc (h2load)": lambda: run_h2load(a, f"http://{grpc}:50051{GRPC_PATH}", args.duration, 8, 8, tmp,
-                                                grpc=True),
+            "http1 (wrk)": lambda n, w: run_wrk(n, f"http://{w}/index.html", args.duration, args.connections),
+            "http2 (h2load)": lambda n, w: run_h2load(n, f"http://{w}:8080/index.html", args.duration,
+                                                      args.connections, 10, tmp),
+            "grpc (h2load)": lambda n, w: run_h2load(n, f"http://{grpc}:50051{GRPC_PATH}", args.duration, 8, 8,
+                                                     tmp, grpc=True),
         }
         runs: dict[str, dict[str, list[dict]]] = {}
+
+        def measure(scenario: str, node: AgentProcess, w: str, names: list[str]) -> None:
+            for name in names:
+                r = workloads[name](node, w)
+                runs.setdefault(scenario, {}).setdefault(name, []).append(r)
+                print(f"  round {rnd + 1} {scenario:13} {name:15} {r['rps']:>10.0f} req/s", file=sys.stderr)
+            rss[scenario] = max(rss.get(scenario, 0.0), envoy_rss_mb(node))
+
         for rnd in range(args.rounds):
             for scenario, n_rules in (("direct", 0), ("l7-1", 1), ("l7-1000", RULES)):
                 if scenario == "l7-1000":
@@ -337,22 +370,22 @@ def main() -> int:
                     apply_policy(a, policy(RULES, probe=f"/probe-{rnd}"), web, l7=True)  # and gRPC's
                 else:
                     apply_policy(a, policy(n_rules), web, l7=n_rules > 0)
-                for name, fn in workloads.items():
-                    r = fn()
-                    runs.setdefault(scenario, {}).setdefault(name, []).append(r)
-                    print(f"  round {rnd + 1} {scenario:8} {name:15} {r['rps']:>10.0f} req/s", file=sys.stderr)
-                rss[scenario] = max(rss.get(scenario, 0.0), envoy_rss_mb(a))
+                wait_idle(a)
+                measure(scenario, a, web, list(workloads))
+                if scenario == "l7-1":
+                    measure("l7-1 no-log", b, web_b, ["http1 (wrk)", "http2 (h2load)"])
         results = {sc: {name: median_run(rs) for name, rs in per.items()} for sc, per in runs.items()}
     finally:
-        a.cleanup()
+        for node in agents:
+            node.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\nL7 policy benchmark (median of {args.rounds} rounds, {args.duration} s per run, {args.connections} "
           f"connections; Envoy concurrency 2; {os.cpu_count()} CPUs shared by client, Envoy, server and agent)")
-    print(f"{'scenario':9} {'workload':15} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'Envoy RSS MB':>13}")
+    print(f"{'scenario':13} {'workload':15} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'Envoy RSS MB':>13}")
     for scenario, per in results.items():
         for name, r in per.items():
-            print(f"{scenario:9} {name:15} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            print(f"{scenario:13} {name:15} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
                   f"{rss[scenario]:>13.1f}   rounds {r['rounds']}"
                   + (f"  (socket errors: {r['errors']})" if r["errors"] else ""))
     print()
@@ -364,6 +397,9 @@ def main() -> int:
               f"(target < 10%)")
         if name == "http1 (wrk)":
             ok &= keep >= 0.35 and cost < 0.10
+        if name in results.get("l7-1 no-log", {}):
+            nolog = results["l7-1 no-log"][name]["rps"] / results["direct"][name]["rps"]
+            print(f"{'':15} without the access log to the agent: l7-1/direct = {nolog:6.1%} (diagnostic)")
     api, cli = statistics.median(enforce["api"]), statistics.median(enforce.get("cli", [float("nan")]))
     print(f"apply-to-enforced at {RULES} rules: {api:.0f} ms (API, as `ostium policy apply` once started), "
           f"{cli:.0f} ms (CLI subprocess incl. Python start)  (target < 100 ms)")

@@ -33,16 +33,29 @@ def envoy_binary(config: Any) -> str | None:
     return getattr(config, "envoy_binary", "") or os.environ.get("OSTIUM_ENVOY_BINARY") or None
 
 
+def access_log_enabled(config: Any) -> bool:
+    """Envoy's access log to the agent (L7 flows): the `envoy_access_log` setting when the config has one,
+    else $OSTIUM_ENVOY_ACCESS_LOG (0/false/off disables it), else on. Off trades L7 visibility for the
+    agent CPU each logged request costs (measured by benchmarks/bench_l7.py)."""
+    value = getattr(config, "envoy_access_log", None)
+    if value is None:
+        value = os.environ.get("OSTIUM_ENVOY_ACCESS_LOG", "1").strip().lower() not in ("0", "false", "no", "off")
+    return bool(value)
+
+
 class L7ProxyComponent:
     def __init__(self, agent: "Agent") -> None:
         from xdsserver.proxy import L7Proxy, ProxyConfig
+        from xdsserver.translate import ProxyOptions
 
         self.agent = agent
         base = agent.config.proxy_port_base
         self.config = ProxyConfig(state_dir=Path(agent.config.state_dir) / "envoy",
                                   ingress_proxy_port=base + INGRESS_PROXY_PORT_OFFSET,
                                   egress_proxy_port=base + EGRESS_PROXY_PORT_OFFSET,
-                                  envoy_binary=envoy_binary(agent.config))
+                                  envoy_binary=envoy_binary(agent.config),
+                                  options=ProxyOptions(als_cluster=None) if not access_log_enabled(agent.config)
+                                  else ProxyOptions())
         self.record_hooks: list[Callable[[Any], None]] = []
         self.proxy = L7Proxy(self.config, on_record=self._on_record)
         self.port_policies: dict[tuple[str, str], list] = {}
@@ -78,7 +91,7 @@ class L7ProxyComponent:
     def _ipcache_changed(self, change: Any) -> None:
         # RBAC principals are the allowed identities' addresses: keep them in step with the ipcache.
         if self.port_policies:
-            asyncio.get_running_loop().create_task(self._push())
+            asyncio.get_running_loop().create_task(self.push())
 
     async def policy_regenerated(self, changed: list[tuple[str, str]], deleted: list[tuple[str, str]]) -> None:
         from xdsserver.translate.adapt import port_policies_from_endpoint
@@ -108,10 +121,10 @@ class L7ProxyComponent:
                 else:
                     self.port_policies.pop((ns, name), None)
         if dirty:
-            await self._push()
+            await self.push()
         self.applied_revision = repo.revision
 
-    async def _push(self) -> None:
+    async def push(self) -> None:
         async with self._lock:
             ports = [p for pols in self.port_policies.values() for p in pols]
             try:
@@ -144,7 +157,8 @@ class L7ProxyComponent:
         out = {"state": envoy.get("state", "?"), "pid": envoy.get("pid"), "restarts": envoy.get("restarts"),
                "ingress_port": self.config.ingress_proxy_port, "egress_port": self.config.egress_proxy_port,
                "redirected_ports": sum(len(v) for v in self.port_policies.values()),
-               "applied_policy_revision": self.applied_revision, "access_log_records": self.records}
+               "applied_policy_revision": self.applied_revision, "access_log_records": self.records,
+               "access_log": "on" if self.config.options.als_cluster else "off"}
         for key in ("acked", "pending", "nacked"):
             out[f"xds_{key}"] = sum(n.get(key, 0) for n in xds.get("nodes", []))
         out["xds_ack_latency_ms"] = xds.get("ack_latency_ms")
