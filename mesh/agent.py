@@ -93,6 +93,7 @@ class Agent:
         self.datapath: Any = None
         self.l7proxy: Any = None
         self.kafka: Any = None
+        self.gateway: Any = None
         self.flows: Any = None
         self.proxy_ports: dict[str, int] = {}  # L7 parser → transparent proxy port (Envoy, Kafka proxy)
 
@@ -105,7 +106,7 @@ class Agent:
             raise AgentError("cgroup v2 is not mounted: mount it (mount -t cgroup2 none /sys/fs/cgroup) "
                              "— endpoints need a cgroup for socket-level service translation")
         self.store = StateStore(os.path.join(cfg.state_dir, "state.db"))
-        self.ipam = IPAM(self.store, cfg.pod_cidr, reserved=(cfg.router,))
+        self.ipam = IPAM(self.store, cfg.pod_cidr, reserved=(cfg.router, cfg.ingress_source))
         self.plumbing = Plumbing(cfg.cgroup_path(cg2), netns_prefix=cfg.netns_prefix, router_ip=cfg.router)
         await asyncio.to_thread(self.plumbing.setup_node)
         self.endpoints = EndpointManager(self.store, self.ipam, self.plumbing,
@@ -199,6 +200,7 @@ class Agent:
             self.components["envoy"] = self.l7proxy.status
         else:
             self.components["envoy"] = lambda: {"state": "disabled (--no-envoy)"}
+        await self._start_gateway()
         from mesh.components.flows import FlowsComponent
 
         self.flows = FlowsComponent(self)
@@ -214,6 +216,28 @@ class Agent:
         if self.kafka is not None:
             self.kafka.record_hooks.append(obs.ingest_kafka_record)
         self.endpoint_hooks.append(self._invalidate_flow_enrichment)
+
+    async def _start_gateway(self) -> None:
+        from mesh.components.gateway import GatewayComponent
+        from mesh.gateway.model import GATEWAY_KINDS
+        from mesh.gateway.resolve import GatewaySettings
+        from mesh.identity.ipcache import Source
+        from xdsserver.translate.gateway import GatewayOptions
+
+        cfg = self.config
+        # Gateway traffic to backends leaves from this address: the reserved identity ingress (8).
+        await asyncio.to_thread(self.plumbing.add_node_address, cfg.ingress_source)
+        self.identity.ipcache.upsert(f"{cfg.ingress_source}/32", 8, Source.RESERVED)
+        settings = GatewaySettings(ingress_http_port=cfg.gateway_http_port, ingress_https_port=cfg.gateway_https_port,
+                                   options=GatewayOptions(address=cfg.gateway_address, upstream_source=cfg.ingress_source,
+                                                          egress_port=cfg.egress_gateway_port or cfg.proxy_port_base + 5))
+        self.gateway = GatewayComponent(self, settings)
+        await self.gateway.start()
+        self.register_kind_handler(KindHandler(GATEWAY_KINDS, apply=self.gateway.apply, delete=self.gateway.delete,
+                                               order=60))
+        self.endpoint_hooks.append(self.gateway.endpoint_changed)
+        self.extra_routes.append(self.gateway.routes)
+        self.components["gateway"] = self.gateway.status
 
     async def _invalidate_flow_enrichment(self, event: str, ep: Endpoint) -> None:
         self.flows.observer.invalidate_enrichment()

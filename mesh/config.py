@@ -52,6 +52,11 @@ class Config:
     flow_export_path: str = ""  # JSON lines of every flow (size-capped, one rotated file); empty: off
     metrics_port: int = 9962  # Prometheus /metrics and the web UI on 127.0.0.1 (0: off)
     kafka_proxy: bool = True
+    gateway_address: str = "0.0.0.0"  # ingress gateway listeners (in the agent's network namespace)
+    gateway_http_port: int = 80
+    gateway_https_port: int = 443
+    ingress_ip: str = ""  # source of gateway traffic to backends = identity ingress; default: pool's last address
+    egress_gateway_port: int = 0  # default: proxy_port_base + 5
 
     @property
     def router(self) -> str:
@@ -59,6 +64,13 @@ class Config:
             return self.router_ip
         net = ipaddress.ip_network(self.pod_cidr)
         return str(net.network_address + 1)
+
+    @property
+    def ingress_source(self) -> str:
+        if self.ingress_ip:
+            return self.ingress_ip
+        net = ipaddress.ip_network(self.pod_cidr)
+        return str(net.broadcast_address - 1)
 
     def cgroup_path(self, cgroup2_mount: str) -> str:
         return self.cgroup_root if os.path.isabs(self.cgroup_root) else os.path.join(cgroup2_mount, self.cgroup_root)
@@ -149,6 +161,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"router_ip {cfg.router_ip!r} is not an IP address") from None
     if router not in pool:
         raise ConfigError(f"router_ip {router} is outside pod_cidr {cfg.pod_cidr}")
+    try:
+        ingress = ipaddress.ip_address(cfg.ingress_source)
+    except ValueError:
+        raise ConfigError(f"ingress_ip {cfg.ingress_ip!r} is not an IP address") from None
+    if ingress == router:
+        raise ConfigError(f"ingress_ip {ingress} must differ from the router address")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, got {cfg.log_level!r}")
     if cfg.log_format not in ("json", "text"):

@@ -179,13 +179,19 @@ class DatapathComponent:
         action = await self.agent._apply_stored(item)
         if action != "unchanged":
             await self.sync_services()
+            await self._services_changed()
         return action
 
     async def delete_service(self, kind: str, namespace: str, name: str) -> bool:
         found = self.agent.store.delete(kind, namespace, name)
         if found:
             await self.sync_services()
+            await self._services_changed()
         return found
+
+    async def _services_changed(self) -> None:
+        if self.agent.gateway is not None:  # routes resolve services to backends
+            await self.agent.gateway.reconcile()
 
     # --- API ----------------------------------------------------------------------------------------
     def routes(self) -> list[web.RouteDef]:

@@ -165,8 +165,8 @@ class GatewayComponent:
             resources = translate_gateway(self.resolution.input).by_type()
             empty = not any(resources.values())
             l7.proxy.set_extra("gateway", None if empty else resources)
-            # L7ProxyComponent._push: translate policy + extra, set the snapshot, wait for the ACK.
-            await l7._push()
+            # L7ProxyComponent.push: translate policy + extra, set the snapshot, wait for the ACK.
+            await l7.push()
             self.last_error = l7.last_error
 
     # --- API --------------------------------------------------------------------------------------

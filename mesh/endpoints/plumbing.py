@@ -88,6 +88,12 @@ class Plumbing:
             _run(["ip", "addr", "add", f"{self.router_ip}/32", "dev", HOST_DEVICE])
         kernel.sysctl_set("net.ipv4.ip_forward", "1")
 
+    def add_node_address(self, ip: str) -> None:
+        """An extra local address of the node (e.g. the source of gateway traffic); idempotent."""
+        have = _run(["ip", "-o", "-4", "addr", "show", "dev", HOST_DEVICE]).stdout
+        if f" {ip}/" not in have:
+            _run(["ip", "addr", "add", f"{ip}/32", "dev", HOST_DEVICE])
+
     def teardown_node(self) -> None:
         _run(["ip", "link", "del", HOST_DEVICE], check=False)
         try:

@@ -32,14 +32,14 @@ pytestmark = pytest.mark.timeout(90)
 
 
 class _L7:
-    """What GatewayComponent needs of the agent's L7ProxyComponent: .proxy, ._push(), .last_error."""
+    """What GatewayComponent needs of the agent's L7ProxyComponent: .proxy, .push(), .last_error."""
 
     def __init__(self, proxy: L7Proxy) -> None:
         self.proxy = proxy
         self.last_error = ""
         self.nacked: list = []
 
-    async def _push(self) -> None:
+    async def push(self) -> None:
         self.nacked = await self.proxy.apply([], {})
 
 
