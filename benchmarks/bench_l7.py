@@ -8,6 +8,7 @@ cgroup. Scenarios, one after the other on the same endpoints:
   direct   L3/L4 policy only (client → web:80,8080 and grpc:50051 allowed; the kernel forwards)
   l7-1     the same ports with one HTTP rule each: every request goes through Envoy's RBAC
   l7-1000  1,000 HTTP rules per port (999 regex rules that do not match, the matching one last)
+  envoy-plain  yardstick: a bare Envoy (router only, static cluster) on the client's loopback, same run
   l7-1 no-log  diagnostic: l7-1 on a second agent with Envoy's access log to the agent off
                (OSTIUM_ENVOY_ACCESS_LOG=off: no L7 flows), to show what per-request flow processing costs
 
@@ -63,6 +64,35 @@ http {{
     server {{ listen 8080 http2; root {d}/www; }}
 }}
 """
+
+
+def plain_envoy_config(web: str) -> str:
+    """A bare Envoy (router only, static cluster, no RBAC, no access log) on the client's loopback:
+    127.0.0.1:18080 → web:80 (HTTP/1.1), 127.0.0.1:18081 → web:8080 (h2c). The same-run yardstick for what
+    Envoy itself costs on this machine."""
+    def listener(port: int, cluster: str) -> dict:
+        return {"name": f"plain-{port}", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                             "HttpConnectionManager",
+                    "stat_prefix": cluster, "codec_type": "AUTO",
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+                    "route_config": {"virtual_hosts": [{"name": cluster, "domains": ["*"], "routes": [
+                        {"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}]}}}]}]}
+
+    def cluster(name: str, port: int, h2: bool) -> dict:
+        c = {"name": name, "type": "STATIC", "load_assignment": {"cluster_name": name, "endpoints": [
+            {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": web, "port_value": port}}}}]}]}}
+        if h2:
+            c["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}}
+        return c
+    return json.dumps({"static_resources": {
+        "listeners": [listener(18080, "web_http1"), listener(18081, "web_h2")],
+        "clusters": [cluster("web_http1", 80, False), cluster("web_h2", 8080, True)]}})
 
 
 def manifest(nginx_conf: str, nginx_dir: str) -> str:
@@ -175,8 +205,8 @@ def run_h2load(a: AgentProcess, url: str, duration: float, conns: int, streams: 
 
 # --- agent helpers --------------------------------------------------------------------------------------
 
-def envoy_rss_mb(a: AgentProcess) -> float:
-    pid = a.cli_json("status")["components"]["envoy"].get("pid")
+def envoy_rss_mb(a: AgentProcess, pid: int | None = None) -> float:
+    pid = pid or a.cli_json("status")["components"]["envoy"].get("pid")
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -331,6 +361,7 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="ostium-bench-l7-")
     os.chmod(tmp, 0o755)  # nginx reads its files as root, but keep them readable for its workers anyway
     agents: list[AgentProcess] = []
+    helpers: list[subprocess.Popen] = []
     results: dict[str, dict[str, dict]] = {}
     rss: dict[str, float] = {}
     enforce: dict[str, list[float]] = {}
@@ -350,12 +381,28 @@ def main() -> int:
         }
         runs: dict[str, dict[str, list[dict]]] = {}
 
-        def measure(scenario: str, node: AgentProcess, w: str, names: list[str]) -> None:
+        plain_workloads = {
+            "http1 (wrk)": lambda n, w: run_wrk(n, "http://127.0.0.1:18080/index.html", args.duration,
+                                                args.connections),
+            "http2 (h2load)": lambda n, w: run_h2load(n, "http://127.0.0.1:18081/index.html", args.duration,
+                                                      args.connections, 10, tmp),
+        }
+        plain_conf = os.path.join(tmp, "plain-envoy.json")
+        Path(plain_conf).write_text(plain_envoy_config(web))
+        from xdsserver.envoy import find_envoy_binary
+        plain = subprocess.Popen(a.raw_argv("bench.client", find_envoy_binary(), "-c", plain_conf, "--concurrency",
+                                            "2", "--disable-hot-restart", "-l", "error"),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        helpers.append(plain)
+        wait_for(lambda: a.raw_exec("bench.client", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                    "http://127.0.0.1:18080/index.html").stdout == "200", 20, what="plain Envoy")
+
+        def measure(scenario: str, node: AgentProcess, w: str, names: list[str], pid: int | None = None) -> None:
             for name in names:
-                r = workloads[name](node, w)
+                r = (plain_workloads if scenario == "envoy-plain" else workloads)[name](node, w)
                 runs.setdefault(scenario, {}).setdefault(name, []).append(r)
                 print(f"  round {rnd + 1} {scenario:13} {name:15} {r['rps']:>10.0f} req/s", file=sys.stderr)
-            rss[scenario] = max(rss.get(scenario, 0.0), envoy_rss_mb(node))
+            rss[scenario] = max(rss.get(scenario, 0.0), envoy_rss_mb(node, pid))
 
         for rnd in range(args.rounds):
             for scenario, n_rules in (("direct", 0), ("l7-1", 1), ("l7-1000", RULES)):
@@ -372,10 +419,15 @@ def main() -> int:
                     apply_policy(a, policy(n_rules), web, l7=n_rules > 0)
                 wait_idle(a)
                 measure(scenario, a, web, list(workloads))
+                if scenario == "direct":
+                    measure("envoy-plain", a, web, list(plain_workloads), pid=plain.pid)
                 if scenario == "l7-1":
                     measure("l7-1 no-log", b, web_b, ["http1 (wrk)", "http2 (h2load)"])
         results = {sc: {name: median_run(rs) for name, rs in per.items()} for sc, per in runs.items()}
     finally:
+        for proc in helpers:
+            proc.kill()
+            proc.wait()
         for node in agents:
             node.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -397,6 +449,11 @@ def main() -> int:
               f"(target < 10%)")
         if name == "http1 (wrk)":
             ok &= keep >= 0.35 and cost < 0.10
+        if name in results.get("envoy-plain", {}):
+            plain_keep = results["envoy-plain"][name]["rps"] / results["direct"][name]["rps"]
+            print(f"{'':15} a bare Envoy (router only) on the client's loopback: {plain_keep:6.1%} of direct; "
+                  f"Ostium's L7 path = {results['l7-1'][name]['rps'] / results['envoy-plain'][name]['rps']:6.1%} "
+                  "of it")
         if name in results.get("l7-1 no-log", {}):
             nolog = results["l7-1 no-log"][name]["rps"] / results["direct"][name]["rps"]
             print(f"{'':15} without the access log to the agent: l7-1/direct = {nolog:6.1%} (diagnostic)")
