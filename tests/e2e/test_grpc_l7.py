@@ -156,3 +156,20 @@ def test_grpcurl_allowed_method_ok_other_method_permission_denied(enforced):
 def test_peer_outside_the_policy_is_dropped_at_l3l4(enforced):
     code, _ = py_call(enforced, "xwing", "RequestLanding", timeout=1)
     assert code == 4  # DEADLINE_EXCEEDED: its SYNs are dropped, no gRPC status ever comes back
+
+
+def test_grpc_calls_become_l7_flows_with_their_grpc_status(enforced):
+    assert py_call(enforced, "tiefighter", "ExhaustPort")[0] == 7
+    assert py_call(enforced, "tiefighter", "RequestLanding")[0] == 0
+
+    def last_flow(method: str):
+        out = enforced.cli("observe", "--type", "l7", "--http-path", f"/{SERVICE}/{method}", "--last", "1",
+                           "-o", "json").stdout.strip()
+        return json.loads(out.splitlines()[-1]) if out else None
+    denied = wait_for(lambda: last_flow("ExhaustPort"), 10, what="the denied call as a flow")
+    assert denied["verdict"] == "DROPPED" and denied["drop_reason_desc"] == "L7_POLICY_DENIED"
+    assert denied["l7"]["http"]["grpc_status"] == 7 and denied["l7"]["http"]["protocol"] == "HTTP/2"
+    assert denied["source"]["pod_name"] == "tiefighter" and denied["destination"]["pod_name"] == "empire-grpc"
+    allowed = wait_for(lambda: (f := last_flow("RequestLanding")) and f["verdict"] == "FORWARDED" and f, 10,
+                       what="the allowed call as a flow")
+    assert allowed["l7"]["http"]["grpc_status"] == 0 and allowed["l7"]["http"]["code"] == 200
