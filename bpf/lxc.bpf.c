@@ -63,7 +63,7 @@ static __always_inline int drop(struct trace_event *ev, __u8 reason)
  * on the destination port, and TIME_WAIT is a dead connection: neither is the proxy. Returns 0
  * when the packet now belongs to a proxy socket. */
 static __always_inline int proxy_assign(struct __sk_buff *skb, __be32 saddr, __be32 daddr,
-					__be16 sport, __be16 dport, __u16 proxy_port)
+					__be16 sport, __be16 dport, __u16 proxy_port, int listener)
 {
 	struct bpf_sock_tuple t = {};
 	t.ipv4.saddr = saddr;
@@ -76,6 +76,8 @@ static __always_inline int proxy_assign(struct __sk_buff *skb, __be32 saddr, __b
 			goto assign;
 		bpf_sk_release(sk);
 	}
+	if (!listener)
+		return -1;
 	t.ipv4.daddr = bpf_htonl(LOOPBACK_ADDR);
 	t.ipv4.dport = bpf_htons(proxy_port);
 	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
@@ -240,10 +242,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		/* TCP only (Envoy, the Kafka proxy); no proxy port configured counts as no listener. */
 		if (proto != IPPROTO_TCP)
 			return drop(&ev, REASON_PROXY_UNAVAILABLE);
-		if (proxy_port && proxy_assign(skb, ip->saddr, ip->daddr, sport, dport, proxy_port) == 0)
+		if (proxy_port && proxy_assign(skb, ip->saddr, ip->daddr, sport, dport, proxy_port, 1) == 0)
 			skb->mark = (skb->mark & ~MARK_MAGIC_MASK) | MARK_MAGIC_TO_PROXY;
 		else
 			refuse = REASON_PROXY_UNAVAILABLE;
+	} else if (!redirect && status == CT_ESTABLISHED && proto == IPPROTO_TCP && (ct->flags & CT_F_REDIRECT)) {
+		/* The policy no longer redirects a connection the proxy holds (an L7 rule was removed):
+		 * its packets stay with the proxy, which closes it gracefully, instead of reaching the
+		 * peer mid-stream (a reset). Only the established socket: new flows go direct. */
+		if (proxy_assign(skb, ip->saddr, ip->daddr, sport, dport, 0, 0) == 0)
+			skb->mark = (skb->mark & ~MARK_MAGIC_MASK) | MARK_MAGIC_TO_PROXY;
 	}
 
 	if (status == CT_NEW) {

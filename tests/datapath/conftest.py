@@ -82,8 +82,8 @@ class Node:
 
 
 class FakeProxy:
-    """A transparent listener on 127.0.0.1:port in the node's netns: answers each connection with
-    the address it was really for (getsockname) and the client's address."""
+    """A transparent listener on 127.0.0.1:port in the node's netns: greets each connection with the
+    address it was really for (getsockname), then echoes."""
 
     def __init__(self, port: int) -> None:
         self.sock = socket.socket()
@@ -103,7 +103,18 @@ class FakeProxy:
                 return
             local = c.getsockname()
             self.seen.append((local, peer))
+            threading.Thread(target=self._conn, args=(c, local), daemon=True).start()
+
+    @staticmethod
+    def _conn(c: socket.socket, local: tuple) -> None:
+        # Greets like the test servers (progs.SERVER), then echoes until the peer closes.
+        try:
             c.sendall(f"proxy {local[0]}:{local[1]}\n".encode())
+            while d := c.recv(65536):
+                c.sendall(d)
+        except OSError:
+            pass
+        finally:
             c.close()
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import socket
 import subprocess
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -14,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from bpf.maps import Event, EventType, Reason, Verdict as EvVerdict
+from mesh import kernel
 from mesh.datapath.redirect import MARK_PROXY_UPSTREAM
 from mesh.policy.model import Direction, Verdict
 from mesh.policy.resolve import PolicyKey
@@ -162,3 +164,23 @@ def test_udp_under_an_l7_rule_is_dropped_not_forwarded(trio, datapath, proxy):
     proxy(PROXY_IN)
     assert "error" in trio.client("a", "udp", B, 8080, count=1, timeout=0.5)[0]
     assert connect(trio, "a", B, 8080).get("backend") == f"proxy {B}:8080"
+
+
+def test_connection_held_by_the_proxy_stays_there_when_the_l7_rule_goes(trio, datapath, proxy):
+    from tests.datapath import progs
+    from tests.datapath.test_restart import Progress
+    # TCP early demux would find the proxy's socket for the kept connection by itself (and route the
+    # packet locally): off in this node netns, so only the datapath keeps the connection with the proxy.
+    kernel.sysctl_set("net.ipv4.tcp_early_demux", "0")
+    datapath.sync_policy(2, l7({(I, ID_A, 6, 8080, 8080): (Verdict.REDIRECT, PROXY_IN)}, ingress=True))
+    proxy(PROXY_IN)
+    stream = trio.popen("a", [sys.executable, "-u", "-c", progs.STREAM, B, "8080"], stdout=subprocess.PIPE, text=True)
+    progress = Progress(stream)
+    progress.advances("through the proxy")
+    assert progress.lines[0] == f"hello proxy {B}:8080"
+    # The L7 rule becomes a plain allow: the kept connection goes on with the proxy (b never saw it and
+    # would reset it); a new connection goes straight to b.
+    datapath.sync_policy(2, l7({(I, ID_A, 6, 8080, 8080): (Verdict.ALLOW, 0)}, ingress=True))
+    progress.advances("after the L7 rule was removed")
+    assert "closed" not in progress.lines
+    assert connect(trio, "a", B, 8080).get("backend") == "b"
