@@ -223,5 +223,40 @@ def test_observe_shows_kafka_flows_with_api_topic_verdict_and_both_sides(node):
     assert {f["l7"]["kafka"]["topic"] for f in denied} == {"topic2"}
     assert all(f["l7"]["kafka"]["error_code"] == 29 for f in denied)
     assert {f["l7"]["kafka"]["topic"] for f in flows if f["verdict"] == "FORWARDED"} == {"topic1"}
-    # the filter by topic, and the metrics
+    # the filter by topic, the metrics and the proxy's counters
     assert all(f["l7"]["kafka"]["topic"] == "topic2" for f in observe(node, "--kafka-topic", "topic2"))
+    r = node.node_exec("curl", "-s", "--max-time", "2", "http://127.0.0.1:9962/metrics")
+    assert 'ostium_kafka_requests_total{api_key="produce",topic="topic2",verdict="DROPPED"}' in r.stdout
+    assert 'ostium_kafka_requests_total{api_key="produce",topic="topic1",verdict="FORWARDED"}' in r.stdout
+    kafka = node.cli_json("status")["components"]["kafka"]
+    assert kafka["state"] == "running" and kafka["ingress"]["denied"] > 0 and kafka["ingress"]["forwarded"] > 0
+    assert kafka["ingress"]["internal_errors"] == 0 and kafka["ingress"]["rejected_frames"] == 0
+
+
+def test_without_the_kafka_proxy_kafka_rule_flows_are_refused_not_bypassed(node):
+    """Last on purpose: restarts the agent without the Kafka proxy (config kafka_proxy: false), then with it."""
+    node.stop()
+    node.extra_args = ["--no-kafka-proxy"]
+    node.start()
+    try:
+        # The agent restarted with the endpoints and the policy it had; the datapath has no Kafka proxy port.
+        out, took = wait_for(lambda: (r := connect(node, "producer", 2.0))[0] == "ECONNREFUSED" and r, 15,
+                             what="Kafka-rule flows refused while the Kafka proxy is off")
+        assert took < 1.0, "refused with a reset, not left to time out"
+        r = client(node, "producer", "produce", BOOTSTRAP, "topic1", "bypass", "--timeout-ms", "2000")
+        assert r["ok"] is False and r["error"] in ("KafkaConnectionError", "KafkaTimeoutError"), r
+        dp = node.cli_json("status")["components"]["datapath"]["l7_redirect"]
+        assert dp["refused_flows"] > 0 and "kafka-ingress" not in dp["proxy_ports"], dp
+        # The intruder is still dropped at L3/L4 (silence, not a reset: its flow has no L7 rule at all).
+        assert connect(node, "intruder", 1.0)[0] == "timeout"
+    finally:
+        node.stop()
+        node.extra_args = []
+        node.start()
+    # Back: enforcing again, and nothing of the refused attempt reached the broker.
+    wait_for(lambda: client(node, "producer", "produce", BOOTSTRAP, "topic1", "after")["ok"], 20,
+             what="producing through the Kafka proxy again")
+    assert client(node, "producer", "produce", BOOTSTRAP, "topic2", "nope")["error"] == "TopicAuthorizationFailedError"
+    got = client(node, "consumer", "consume", BOOTSTRAP, "topic1", "--group", "g-after", "--count", "100",
+                 "--timeout-ms", "4000")
+    assert "after" in got["messages"] and "bypass" not in got["messages"], got
