@@ -84,11 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result), flush=True)
     else:
-        if result["ok"]:
-            what = f"offset {result['offset']}" if args.op == "produce" else f"messages {result['messages']}"
-        else:
+        asked = f'produce {args.topic} "{args.message}"' if args.op == "produce" else \
+            f"consume {args.topic} (group {args.group})"
+        if not result["ok"]:
             what = result["error"]
-        print(f"{args.op} {args.topic}: {what}", flush=True)
+        elif args.op == "produce":
+            what = f"offset {result['offset']}"
+        else:
+            what = f"{len(result['messages'])} message(s): {', '.join(result['messages'])}"
+        print(f"{asked} -> {what}", flush=True)
     return code
 
 
