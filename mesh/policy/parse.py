@@ -331,12 +331,19 @@ def _check_regex(value: Any, path: str) -> str:
 
     text = _str(value, path, allow_empty=True)
     try:
-        re2.compile(text, options=re2_options())
+        compiled = re2.compile(text, options=re2_options())
     except Exception as exc:  # re2.error carries bytes
         reason = exc.args[0] if exc.args else exc
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
         raise _err(f"invalid RE2 regex {text!r}: {reason}", path) from None
+    # Envoy refuses regexes whose RE2 program is larger than 100: reject them here, with the path,
+    # instead of a NACK later (literals are sent as exact matches and never compiled by Envoy).
+    if getattr(compiled, "programsize", 0) > 100:
+        from xdsserver.translate.validate import MAX_REGEX_PROGRAM_SIZE, is_literal
+        if compiled.programsize > MAX_REGEX_PROGRAM_SIZE and not is_literal(text):
+            raise _err(f"regex {text!r} is too complex for Envoy (RE2 program size {compiled.programsize} > "
+                       f"{MAX_REGEX_PROGRAM_SIZE}): simplify it or split it into several rules", path)
     return text
 
 
