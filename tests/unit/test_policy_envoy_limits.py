@@ -11,7 +11,7 @@ metadata: {{name: x}}
 spec:
   endpointSelector: {{}}
   ingress:
-  - toPorts: [{{ports: [{{port: "80"}}], rules: {{http: [{{path: '{path}'}}]}}}}]
+  - toPorts: [{{ports: [{{port: "80", protocol: TCP}}], rules: {{http: [{{path: '{path}'}}]}}}}]
 """
 
 
