@@ -118,7 +118,9 @@ class KafkaProxy:
                  transparent: bool = False, upstream_mark: int | None = None,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, frame_timeout: float = 30.0,
                  idle_timeout: float | None = 600.0, connect_timeout: float = 5.0,
-                 topic_names: TopicNames | None = None) -> None:
+                 topic_names: TopicNames | None = None, peer_is_destination: bool = False) -> None:
+        """`peer_is_destination`: the policy is the source's egress policy, whose rules name the destination;
+        requests are then checked against the destination's identity (ingress policy: the source's)."""
         if not transparent and upstream is None:
             raise ValueError("explicit mode needs an upstream (host, port); transparent mode takes the "
                              "original destination from each accepted socket")
@@ -134,6 +136,7 @@ class KafkaProxy:
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self.topic_names = topic_names if topic_names is not None else TopicNames()
+        self.peer_is_destination = peer_is_destination
         self.counters = ProxyCounters()
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task] = set()
@@ -378,7 +381,9 @@ class _Connection:
         try:
             policy = proxy.policy_for(self.src[0], self.dst[0], self.dst[1])
             identity = proxy.identity_for(self.src[0]) if policy is not None else None
-            decision = decide(policy, identity if identity is not None else 0, req, proxy.topic_names)
+            peer = proxy.identity_for(self.dst[0]) if policy is not None and proxy.peer_is_destination \
+                else identity
+            decision = decide(policy, peer if peer is not None else 0, req, proxy.topic_names)
         except Exception as exc:  # fail closed: no verdict, no forwarding
             proxy.counters.internal_errors += 1
             log.exception("Kafka policy evaluation failed")

@@ -39,7 +39,9 @@ class KafkaComponent:
         for direction, port in self.ports.items():
             proxy = KafkaProxy(policy_for=self._policy_for(direction), identity_for=self._identity_for,
                                on_record=self._on_record, listen=("127.0.0.1", port), transparent=True,
-                               upstream_mark=UPSTREAM_MARK)
+                               upstream_mark=UPSTREAM_MARK,
+                               # egress rules name the destination: check requests against its identity
+                               peer_is_destination=direction is Direction.EGRESS)
             try:
                 await proxy.start()
             except OSError as exc:  # fail closed: the datapath refuses Kafka-rule flows without a listener

@@ -233,6 +233,43 @@ def test_observe_shows_kafka_flows_with_api_topic_verdict_and_both_sides(node):
     assert kafka["ingress"]["internal_errors"] == 0 and kafka["ingress"]["rejected_frames"] == 0
 
 
+EGRESS_POLICY = """apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: producer-egress}
+spec:
+  endpointSelector: {matchLabels: {app: producer}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: kafka}}]
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        kafka: [{role: produce, topic: topic3}]
+"""
+
+
+def test_egress_kafka_rules_on_the_client(node):
+    """The broker without ingress policy; the producer's own egress rules go through the egress Kafka proxy."""
+    ingress = (EXAMPLES / "policy.yaml").read_text() + REPORTER_POLICY
+    node.cli("delete", "-f", "-", input=ingress)
+    try:
+        apply_and_wait(node, EGRESS_POLICY)
+        ok = client(node, "producer", "produce", BOOTSTRAP, "topic3", "via egress")
+        assert ok["ok"], ok
+        assert client(node, "producer", "produce", BOOTSTRAP, "topic1", "x")["error"] == "TopicAuthorizationFailedError"
+        # Without ingress policy on the broker, others reach it unfiltered (no rule selects them).
+        assert client(node, "intruder", "produce", BOOTSTRAP, "topic1", "free")["ok"]
+        kafka = node.cli_json("status")["components"]["kafka"]
+        assert kafka["egress"]["forwarded"] > 0 and kafka["egress"]["denied"] > 0, kafka
+        # Kafka rules at both ends of one node-local flow: one proxy pass cannot enforce both; refused, never
+        # half-enforced (bpf/README.md "L7 redirect").
+        apply_and_wait(node, ingress)
+        assert wait_for(lambda: connect(node, "producer", 2.0)[0] == "ECONNREFUSED", 10, what="both-ends refusal")
+    finally:
+        node.cli("delete", "-f", "-", input=EGRESS_POLICY, check=False)
+        apply_and_wait(node, ingress)
+    assert client(node, "producer", "produce", BOOTSTRAP, "topic1", "again")["ok"]
+
+
 def test_without_the_kafka_proxy_kafka_rule_flows_are_refused_not_bypassed(node):
     """Last on purpose: restarts the agent without the Kafka proxy (config kafka_proxy: false), then with it."""
     node.stop()
