@@ -25,6 +25,12 @@ from mesh.errors import OstiumError
 log = logging.getLogger(__name__)
 
 XDS_CLUSTER = "ostium_xds"
+# Envoy refuses regexes whose RE2 program exceeds re2.max_program_size.error_level (default 100).
+# The translation merges many rule patterns into one alternation (one regex run per request
+# instead of one per rule), far above 100; each user pattern is still held to 100 by
+# xdsserver/translate/validate.py. Equal to translate.build.ENVOY_REGEX_PROGRAM_LIMIT (not
+# imported: the bootstrap module stays free of the translation's imports).
+REGEX_PROGRAM_LIMIT = 100_000
 ALS_CLUSTER = "ostium_als"
 
 
@@ -149,6 +155,15 @@ def build_bootstrap(config: EnvoyConfig, admin_port: int | None = None) -> dict[
             "lds_config": ads_source,
             "cds_config": ads_source,
         },
+        "layered_runtime": {"layers": [
+            {"name": "ostium", "static_layer": {
+                "re2.max_program_size.error_level": REGEX_PROGRAM_LIMIT,
+                # Merged alternations are expected: no warning stat for them either.
+                "re2.max_program_size.warn_level": REGEX_PROGRAM_LIMIT}},
+            # Runtime overrides through the admin interface (/runtime_modify), as without a
+            # layered_runtime.
+            {"name": "admin", "admin_layer": {}},
+        ]},
         "static_resources": {"clusters": [
             _grpc_cluster(XDS_CLUSTER, config.xds_target),
             _grpc_cluster(ALS_CLUSTER, config.als_target or config.xds_target),

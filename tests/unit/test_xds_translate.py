@@ -183,7 +183,10 @@ def test_one_listener_per_proxy_port_and_merged_duplicate_ports():
     assert [l["name"] for l in res.listeners] == [listener_name(15001), listener_name(15002)]
     chains = res.listeners[0]["filter_chains"]
     assert [c["name"] for c in chains] == ["ingress:10.0.0.1:80", "ingress:10.0.0.2:80"]
-    assert sorted(rbac_of(res, chains[0])["policies"]) == ["rule-0", "rule-1"]
+    # The two port policies' rules are combined; the same peers (any) share one RBAC policy.
+    (policy,) = rbac_of(res, chains[0])["policies"].values()
+    assert [p["and_rules"]["rules"][0]["header"]["string_match"] for p in policy["permissions"]] == [
+        {"exact": "GET"}, {"exact": "PUT"}]
     assert [r["name"] for r in res.routes] == ["ingress:10.0.0.1:80", "ingress:10.0.0.2:80",
                                                "egress:10.0.0.1:53"]
 

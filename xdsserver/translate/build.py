@@ -247,15 +247,24 @@ _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 def rbac_rules(direction: Direction, rules: Iterable[PeerRule],
                ipcache: "Mapping[int, Iterable[str]] | _IPCacheIndex") -> dict[str, Any]:
-    """The RBAC `rules` (action ALLOW): one policy per peer rule. No policy → everything denied."""
+    """The RBAC `rules` (action ALLOW): one policy per distinct set of remote identities (named
+    after the first peer rule that has it). No policy → everything denied.
+
+    Envoy evaluates policies and their permissions one after another, so peer rules with the same
+    identities share one policy and their HTTP rules are merged (`_permissions`): a request costs
+    about one principal check and one regex run however many rules the policy has.
+    """
     policies: dict[str, Any] = {}
     index = ipcache if isinstance(ipcache, _IPCacheIndex) else _IPCacheIndex(ipcache)
+    by_peers: dict[frozenset[int] | None, tuple[int, list[PeerRule]]] = {}
     for i, peer in enumerate(rules):
-        perms = [_http_permission(r) for r in peer.http] or [{"any": True}]
-        if peer.identities is None:
+        by_peers.setdefault(peer.identities, (i, []))[1].append(peer)
+    for identities, (i, peers) in by_peers.items():
+        perms = _permissions(peers)
+        if identities is None:
             policies[f"rule-{i}"] = {"permissions": perms, "principals": [{"any": True}]}
             continue
-        ranges = index.ranges(peer.identities)
+        ranges = index.ranges(identities)
         if not ranges:
             continue  # identities with no known address: they allow nobody (yet)
         if direction is Direction.INGRESS:
@@ -336,6 +345,14 @@ def _net_prefix(net: _Net) -> dict[str, Any]:
 
 _REGEX_META = frozenset("\\.^$|?*+()[]{}")
 
+# Envoy refuses a regex whose RE2 program is larger than the runtime key
+# re2.max_program_size.error_level (100 by default). User patterns are held to that default one by
+# one (validate.py); the bootstrap raises the key to ENVOY_REGEX_PROGRAM_LIMIT for the merged
+# alternations built here, which are kept below MERGED_PROGRAM_BUDGET (estimated, see
+# _program_estimate) so the estimate can be off by a factor of 2.5 before Envoy would refuse one.
+ENVOY_REGEX_PROGRAM_LIMIT = 100_000
+MERGED_PROGRAM_BUDGET = 40_000
+
 
 def _regex(value: str) -> dict[str, Any]:
     """A rule pattern as an Envoy StringMatcher.
@@ -349,13 +366,111 @@ def _regex(value: str) -> dict[str, Any]:
     return {"safe_regex": {"regex": value}}
 
 
-def _http_permission(rule: HTTPRule) -> dict[str, Any]:
+# Constructs whose RE2 program can be far larger than the pattern text (counted repetition,
+# Unicode classes, case folding, POSIX classes): their size is measured, not estimated.
+_EXPANDING = ("{", "\\p", "\\P", "(?", "[[:")   # "(?" as in (?i); "(?:" alone is not counted
+
+
+@functools.lru_cache(maxsize=65536)
+def _program_estimate(pattern: str) -> int:
+    """An upper estimate of the RE2 program size `pattern` adds to an alternation.
+
+    Measured on RE2: a literal character is one instruction; `.`, a class or an escape is at most
+    ~15 (a negated class over UTF-8); a program has ~4 of fixed overhead. Compiling 1,000 patterns
+    one by one would take ~30 ms per policy change, so only the expanding constructs are compiled.
+    """
+    if not _REGEX_META.intersection(pattern):
+        return len(pattern) + 2
+    if any(s in pattern.replace("(?:", "") for s in _EXPANDING):
+        import re2  # google-re2, the library Envoy links
+
+        opts = re2.Options()
+        opts.log_errors = False
+        try:
+            return int(re2.compile(f"(?:{pattern})", options=opts).programsize) + 2
+        except re2.error:
+            return MERGED_PROGRAM_BUDGET + 1   # not mergeable: it stays a regex of its own
+    return len(pattern) + 16 * sum(pattern.count(c) for c in ".[\\") + 4
+
+
+def _mergeable(pattern: str) -> bool:
+    # \Q quotes up to \E or the end: inside "(?:...)|(?:...)" it would swallow what follows.
+    return "\\Q" not in pattern and _program_estimate(pattern) <= MERGED_PROGRAM_BUDGET
+
+
+def _path_matchers(paths: list[str]) -> list[dict[str, Any]]:
+    """StringMatchers that together fully match exactly the paths any of `paths` fully matches.
+
+    Several patterns become one RE2 alternation `(?:p1)|(?:p2)|...`: Envoy's safe_regex is a full
+    match of the whole alternation, i.e. of one of the alternatives, each as written (flags set
+    inside a group end with it). Literal paths join it as they are: having no metacharacters they
+    need no escaping. An alternation is closed when its estimated program size would exceed
+    MERGED_PROGRAM_BUDGET, so a huge rule set becomes a few alternations, never a refused one.
+    """
+    if len(paths) == 1:
+        return [_regex(paths[0])]
+    out: list[dict[str, Any]] = []
+    chunk: list[str] = []
+    size = 0
+
+    def close() -> None:
+        if len(chunk) == 1:
+            out.append(_regex(chunk[0]))
+        elif chunk:
+            out.append({"safe_regex": {"regex": "|".join(f"(?:{p})" for p in chunk)}})
+
+    for p in paths:
+        if not _mergeable(p):
+            out.append(_regex(p))
+            continue
+        cost = _program_estimate(p)
+        if chunk and size + cost > MERGED_PROGRAM_BUDGET:
+            close()
+            chunk, size = [], 0
+        chunk.append(p)
+        size += cost
+    close()
+    return out
+
+
+def _permissions(peers: list[PeerRule]) -> list[dict[str, Any]]:
+    """The RBAC permissions (OR) for the HTTP rules of peer rules that share their peers.
+
+    Rules that differ only by path (same method, host and headers) become one permission whose
+    path matcher is an alternation of their paths; a rule without a path makes its group allow
+    every path. A peer rule without HTTP rules allows every request.
+    """
+    if any(not peer.http for peer in peers):
+        return [{"any": True}]
+    groups: dict[tuple, list[str] | None] = {}
+    for peer in peers:
+        for r in peer.http:
+            key = (r.method, r.host, r.headers)
+            if not r.path:
+                groups[key] = None               # any path
+            elif key not in groups:
+                groups[key] = [r.path]
+            elif groups[key] is not None:
+                groups[key].append(r.path)      # type: ignore[union-attr]
+    perms = []
+    for (method, host, headers), paths in groups.items():
+        matchers = _path_matchers(list(dict.fromkeys(paths))) if paths else []
+        perms.append(_http_permission(HTTPRule(method=method, host=host, headers=headers),
+                                      matchers))
+    return perms
+
+
+def _http_permission(rule: HTTPRule, path_matchers: list[dict[str, Any]] | None = None
+                     ) -> dict[str, Any]:
     parts: list[dict[str, Any]] = []
     if rule.method:
         parts.append({"header": {"name": ":method", "string_match": _regex(rule.method)}})
-    if rule.path:
+    if path_matchers is None and rule.path:
+        path_matchers = [_regex(rule.path)]
+    if path_matchers:
         # url_path: the normalized path without the query string.
-        parts.append({"url_path": {"path": _regex(rule.path)}})
+        paths = [{"url_path": {"path": m}} for m in path_matchers]
+        parts.append(paths[0] if len(paths) == 1 else {"or_rules": {"rules": paths}})
     if rule.host:
         parts.append({"header": {"name": ":authority", "string_match": _regex(rule.host)}})
     for h in rule.headers:
