@@ -60,6 +60,9 @@ DROP_REASONS: dict[int, tuple[str, str]] = {
     11: ("POLICY_DENIED", "Policy denied"),
     12: ("UNSUPPORTED_L3_PROTOCOL", "Unsupported L3 protocol"),
     13: ("INVALID_PACKET_DROPPED", "Invalid packet"),
+    14: ("PROXY_UNAVAILABLE", "L7 proxy unavailable (refused)"),
+    15: ("PROXY_BYPASS", "L7 rule not enforced by a proxy (dropped)"),
+    16: ("PROXY_BOTH_ENDS", "L7 rules at both ends of a node-local flow (refused)"),
     63: ("EVENTS_LOST", "Events lost"),
     # L7 denials (not datapath codes): the proxy answered itself.
     200: ("L7_POLICY_DENIED", "L7 policy denied"),
