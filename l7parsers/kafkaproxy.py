@@ -78,6 +78,7 @@ class KafkaRecord:
     reason: str = ""
     latency_s: float | None = None  # request read → response written (None: no response expected)
     rules: tuple = ()
+    direction: str = ""  # "ingress" / "egress": whose rules this proxy enforces ("" when not told)
 
 
 @dataclass(slots=True)
@@ -118,9 +119,11 @@ class KafkaProxy:
                  transparent: bool = False, upstream_mark: int | None = None,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, frame_timeout: float = 30.0,
                  idle_timeout: float | None = 600.0, connect_timeout: float = 5.0,
-                 topic_names: TopicNames | None = None, peer_is_destination: bool = False) -> None:
+                 topic_names: TopicNames | None = None, peer_is_destination: bool = False,
+                 direction: str = "") -> None:
         """`peer_is_destination`: the policy is the source's egress policy, whose rules name the destination;
-        requests are then checked against the destination's identity (ingress policy: the source's)."""
+        requests are then checked against the destination's identity (ingress policy: the source's).
+        `direction` is copied into every record (the flow's traffic direction)."""
         if not transparent and upstream is None:
             raise ValueError("explicit mode needs an upstream (host, port); transparent mode takes the "
                              "original destination from each accepted socket")
@@ -137,6 +140,7 @@ class KafkaProxy:
         self.connect_timeout = connect_timeout
         self.topic_names = topic_names if topic_names is not None else TopicNames()
         self.peer_is_destination = peer_is_destination
+        self.direction = direction
         self.counters = ProxyCounters()
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task] = set()
@@ -252,7 +256,7 @@ class _Connection:
         if self.proxy.on_record is None:
             return None  # nobody listens: skip building records on the hot path
         base = dict(time=time.time(), verdict=verdict, src_ip=self.src[0], src_port=self.src[1],
-                    dst_ip=self.dst[0], dst_port=self.dst[1])
+                    dst_ip=self.dst[0], dst_port=self.dst[1], direction=self.proxy.direction)
         if req is not None:
             base.update(api_key=req.api_key, api=api_name(req.api_key), api_version=req.api_version,
                         correlation_id=req.correlation_id, client_id=req.client_id, topics=req.topics)

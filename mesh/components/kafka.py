@@ -41,7 +41,8 @@ class KafkaComponent:
                                on_record=self._on_record, listen=("127.0.0.1", port), transparent=True,
                                upstream_mark=UPSTREAM_MARK,
                                # egress rules name the destination: check requests against its identity
-                               peer_is_destination=direction is Direction.EGRESS)
+                               peer_is_destination=direction is Direction.EGRESS,
+                               direction=direction.name.lower())
             try:
                 await proxy.start()
             except OSError as exc:  # fail closed: the datapath refuses Kafka-rule flows without a listener

@@ -219,6 +219,7 @@ def test_observe_shows_kafka_flows_with_api_topic_verdict_and_both_sides(node):
     for f in flows:
         assert "k8s:app=producer" in f["source"]["labels"] and "k8s:app=kafka" in f["destination"]["labels"], f
         assert f["destination"]["pod_name"] == "kafka" and f["IP"]["destination"] == BROKER_IP
+        assert f["traffic_direction"] == "INGRESS"  # the broker's ingress rules decided
     denied = [f for f in flows if f["verdict"] == "DROPPED"]
     assert {f["l7"]["kafka"]["topic"] for f in denied} == {"topic2"}
     assert all(f["l7"]["kafka"]["error_code"] == 29 for f in denied)
@@ -260,6 +261,9 @@ def test_egress_kafka_rules_on_the_client(node):
         assert client(node, "intruder", "produce", BOOTSTRAP, "topic1", "free")["ok"]
         kafka = node.cli_json("status")["components"]["kafka"]
         assert kafka["egress"]["forwarded"] > 0 and kafka["egress"]["denied"] > 0, kafka
+        flows = observe(node, "--kafka-topic", "topic3", "--last", "50")
+        assert flows and {f["traffic_direction"] for f in flows} == {"EGRESS"}, flows
+        assert all("k8s:app=producer" in f["source"]["labels"] for f in flows)
         # Kafka rules at both ends of one node-local flow: one proxy pass cannot enforce both; refused, never
         # half-enforced (bpf/README.md "L7 redirect").
         apply_and_wait(node, ingress)

@@ -31,7 +31,8 @@ async def produce_through(peer_is_destination: bool, rule_identity: int) -> tupl
     records: list[KafkaRecord] = []
     pol = policy(role("produce", "orders"), identities=frozenset({rule_identity}))
     proxy = KafkaProxy(policy_for=lambda s, d, p: pol, identity_for=IDENTITIES.__getitem__, on_record=records.append,
-                       upstream=up, peer_is_destination=peer_is_destination)
+                       upstream=up, peer_is_destination=peer_is_destination,
+                       direction="egress" if peer_is_destination else "ingress")
     await proxy.start()
     try:
         reader, writer = await asyncio.open_connection(*proxy.address, local_addr=(CLIENT, 0))
@@ -61,3 +62,4 @@ async def test_the_policy_is_checked_against_the_right_side(peer_is_destination,
     assert [r.verdict for r in records] == [Verdict.FORWARDED if allowed else Verdict.DENIED]
     # The record names the source's identity either way (the flow's source).
     assert records[0].src_identity == 1001 and records[0].src_ip == CLIENT
+    assert records[0].direction == ("egress" if peer_is_destination else "ingress")
