@@ -238,6 +238,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		}
 	}
 
+	if (dir == DIR_EGRESS && !redirect && !refuse && proto == IPPROTO_TCP) {
+		/* Egress gateway: after the source's own policy admitted the flow (an L7 rule of the
+		 * source or of a local destination takes precedence), selected destinations go to the
+		 * egress listener, whose upstream leaves from the egress IP (marked: never back here). */
+		struct egress_gw_key gk = { .prefixlen = 64, .source = ip->saddr, .dest = ip->daddr };
+		struct egress_gw_val *gv = bpf_map_lookup_elem(&ost_egress_gw, &gk);
+		if (gv && gv->proxy_port) {
+			redirect = 1;
+			proxy_port = gv->proxy_port;
+		}
+	}
+
 	if (redirect && !refuse) {
 		/* TCP only (Envoy, the Kafka proxy); no proxy port configured counts as no listener. */
 		if (proto != IPPROTO_TCP)

@@ -281,6 +281,41 @@ class IpcacheValue(Codec):
 
 
 @dataclass(frozen=True, slots=True)
+class EgressGwKey(Codec):
+    """ost_egress_gw: (source endpoint /32, destination prefix); prefixlen = 32 + destination's."""
+    FMT: ClassVar[str] = "<I4s4s"
+    prefixlen: int
+    source: str
+    dest: str
+
+    def pack(self) -> bytes:
+        return struct.pack(self.FMT, self.prefixlen, ip_bytes(self.source), ip_bytes(self.dest))
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "EgressGwKey":
+        p, s, d = struct.unpack(cls.FMT, raw[: cls.size()])
+        return cls(p, ip_str(s), ip_str(d))
+
+    @classmethod
+    def of(cls, source: str, dest_cidr: str) -> "EgressGwKey":
+        net = ipaddress.IPv4Network(dest_cidr, strict=False)
+        return cls(32 + net.prefixlen, source, str(net.network_address))
+
+
+@dataclass(frozen=True, slots=True)
+class EgressGwValue(Codec):
+    FMT: ClassVar[str] = "<HH"
+    proxy_port: int   # 0: excluded (bypasses the gateway)
+
+    def pack(self) -> bytes:
+        return struct.pack(self.FMT, self.proxy_port, 0)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "EgressGwValue":
+        return cls(struct.unpack(cls.FMT, raw[: cls.size()])[0])
+
+
+@dataclass(frozen=True, slots=True)
 class IfindexKey(Codec):
     FMT: ClassVar[str] = "<I"
     ifindex: int
@@ -544,6 +579,7 @@ LAYOUTS: dict[str, MapLayout] = {
     "ost_policy": MapLayout(PolicyMapKey, PolicyMapEntry),
     "ost_ct4": MapLayout(CtKey, CtEntry),
     "ost_metrics": MapLayout(MetricKey, MetricValue),
+    "ost_egress_gw": MapLayout(EgressGwKey, EgressGwValue),
 }
 
 

@@ -116,6 +116,29 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ost_ipcache SEC(".maps");
 
+/* Egress gateway (EgressGatewayPolicy): (source endpoint, destination prefix) -> the egress
+ * listener's port on 127.0.0.1. prefixlen = 32 (the source, always exact) + the destination's
+ * prefix length. Excluded CIDRs are longer-prefix entries with port 0: they bypass the gateway. */
+struct egress_gw_key {
+	__u32 prefixlen;    /* 32..64 */
+	__be32 source;
+	__be32 dest;
+};
+
+struct egress_gw_val {
+	__u16 proxy_port;   /* 0: excluded */
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct egress_gw_key);
+	__type(value, struct egress_gw_val);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ost_egress_gw SEC(".maps");
+
 /* Exact /32 entries (every endpoint and node address) in a hash map: a lookup costs the same with
  * 10 or 100,000 of them. The LPM trie above only holds CIDR entries (shorter prefixes). */
 struct {

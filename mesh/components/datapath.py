@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from mesh.agent import Agent
 
 log = logging.getLogger("ostium.datapath")
+INGRESS_IDENTITY = 8  # reserved identity `ingress`: the gateway's upstream source address
 
 
 class DatapathComponent:
@@ -42,6 +43,7 @@ class DatapathComponent:
         self.start_report: dict[str, Any] = {}
         self.sync_errors = 0
         self.attached: set[int] = set()  # endpoint ids whose veth programs are attached
+        self._gateway_targets: list | None = None  # last ingress-gateway redirect targets written
         self.raw_sinks: list = []  # callables taking each raw ring-buffer record (the flow observer)
 
     # --- lifecycle ----------------------------------------------------------------------------------
@@ -125,6 +127,7 @@ class DatapathComponent:
         if event == "deleted":
             self.attached.discard(ep.id)
             await asyncio.to_thread(self.dp.detach_endpoint, ep.id)
+            await self.sync_gateway_ingress()
         else:
             await asyncio.to_thread(self.dp.attach_endpoint, ep.id, ep.host_ifname, ep.host_ifindex, ep.ip,
                                     ep.identity, ep.netns)
@@ -135,6 +138,25 @@ class DatapathComponent:
     async def _sync_policy(self, ep: Endpoint) -> None:
         pol = self.agent.policy.repo.endpoint_policy(ep.namespace, ep.name)
         await asyncio.to_thread(self.dp.sync_policy, ep.id, pol)
+        await self.sync_gateway_ingress()
+
+    async def sync_gateway_ingress(self) -> None:
+        """Gateway traffic (from the ingress source, identity `ingress`) to endpoints under ingress L7
+        rules goes to the L7 listener (mesh.datapath.redirect.sync_gateway_ingress); re-done after every
+        policy or endpoint change, only written when the targets changed."""
+        from mesh.datapath import redirect
+
+        if not self.dp.config.l7_redirect:
+            return
+        targets = await asyncio.to_thread(self.dp.gateway_l7_targets, INGRESS_IDENTITY)
+        if targets == self._gateway_targets:
+            return
+        await asyncio.to_thread(redirect.sync_gateway_ingress, self.agent.config.ingress_source, targets)
+        self._gateway_targets = targets
+
+    async def sync_egress_gateway(self, redirects: list) -> int:
+        """The egress gateway's redirects (mesh.gateway.resolve.EgressRedirect) → ost_egress_gw."""
+        return await asyncio.to_thread(self.dp.sync_egress_gateway, redirects)
 
     async def policy_regenerated(self, changed: list[tuple[str, str]], deleted: list[tuple[str, str]]) -> None:
         for ns, name in changed:

@@ -79,6 +79,26 @@ def interface_ipv4(name: str) -> str | None:
     return None
 
 
+def _is_local(ip: str) -> bool:
+    """Already an address of the node (e.g. an egressGateway.interface address)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((ip, 0))
+            return True
+        except OSError:
+            return False
+
+
+def _del_node_address(ip: str) -> None:
+    import subprocess
+
+    from mesh.endpoints.plumbing import HOST_DEVICE
+
+    subprocess.run(["ip", "addr", "del", f"{ip}/32", "dev", HOST_DEVICE], capture_output=True, timeout=10)
+
+
 class GatewayComponent:
     def __init__(self, agent: "Agent", settings: GatewaySettings | None = None,
                  interface_ip: Callable[[str], str | None] = interface_ipv4) -> None:
@@ -88,6 +108,7 @@ class GatewayComponent:
         self.objects: dict[tuple[str, str, str], Any] = {}
         self.resolution: Resolution | None = None
         self.last_error = ""
+        self._egress_ips: set[str] = set()  # egress IPs this component added to the node
         self._lock = asyncio.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -159,6 +180,7 @@ class GatewayComponent:
 
         async with self._lock:
             self.resolution = self._resolve()
+            await self._sync_egress_datapath(self.resolution)
             l7 = getattr(self.agent, "l7proxy", None)
             if l7 is None:
                 return
@@ -168,6 +190,28 @@ class GatewayComponent:
             # L7ProxyComponent.push: translate policy + extra, set the snapshot, wait for the ACK.
             await l7.push()
             self.last_error = l7.last_error
+
+    async def _sync_egress_datapath(self, res: Resolution) -> None:
+        """The egress gateway's datapath half: every egress IP a local address of the node (Envoy's
+        upstream binds to it), then the redirect entries (source, destination) → egress listener.
+        Addresses this component added and no policy uses any more are removed afterwards."""
+        dp = getattr(self.agent, "datapath", None)
+        plumbing = getattr(self.agent, "plumbing", None)
+        if dp is None:
+            return
+        try:
+            want = {r.egress_ip for r in res.egress_redirects if r.egress_ip}
+            for ip in sorted(want - self._egress_ips):
+                if plumbing is not None and not _is_local(ip):
+                    await asyncio.to_thread(plumbing.add_node_address, ip)
+                    self._egress_ips.add(ip)
+            await dp.sync_egress_gateway(list(res.egress_redirects))
+            for ip in sorted(self._egress_ips - want):
+                await asyncio.to_thread(_del_node_address, ip)
+                self._egress_ips.discard(ip)
+        except Exception as exc:  # noqa: BLE001 - reported in status; the Envoy half still goes out
+            self.last_error = f"egress gateway datapath: {exc}"
+            log.error("egress gateway datapath sync failed", extra={"error": str(exc)})
 
     # --- API --------------------------------------------------------------------------------------
     def routes(self) -> list[web.RouteDef]:

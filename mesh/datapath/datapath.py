@@ -18,8 +18,8 @@ from typing import Any, AsyncIterator, Iterable
 
 from bpf import build as bpf_build
 from bpf import loader
-from bpf.maps import (EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED, LAYOUTS, EndpointInfo, Event,
-                      IfindexKey, IpcacheKey, IpcacheValue, IpKey, PolicyMapKey, decode_entry,
+from bpf.maps import (EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED, LAYOUTS, EgressGwKey, EgressGwValue,
+                      EndpointInfo, Event, IfindexKey, IpcacheKey, IpcacheValue, IpKey, PolicyMapEntry, PolicyMapKey, decode_entry,
                       policy_class)
 from mesh import kernel
 from mesh.datapath import lbmap, policymap, redirect
@@ -49,6 +49,7 @@ DEFAULT_MAP_SIZES = {
     "ost_ep_by_ip": 4096,
     "ost_policy": 65536,
     "ost_ct4": 131072,
+    "ost_egress_gw": 16384,
 }
 
 
@@ -120,6 +121,7 @@ class Datapath:
         self._lock = threading.RLock()
         self._started = False
         self.redirect_status: dict[str, Any] = {}
+        self._egress_gw: dict[bytes, bytes] | None = None  # None: not read from the pinned map yet
 
     # ---- paths ----
     @property
@@ -433,6 +435,65 @@ class Datapath:
             if st.plens != tuple(plens):
                 st.plens = tuple(plens)  # type: ignore[assignment]
                 self._write_endpoint(st)
+            return len(desired)
+
+    # ---- ingress gateway ----
+    def gateway_l7_targets(self, identity: int) -> list[tuple[str, int, int, int]]:
+        """(endpoint IP, first port, last port, proxy port) of every TCP ingress L7 redirect that
+        applies to `identity` (the gateway's reserved identity `ingress`): an entry naming the
+        identity, or a wildcard-peer entry where no entry names it on the same ports. The gateway's
+        upstream leaves the node's own stack, where sk_assign cannot reach it (tc ingress only):
+        mesh.datapath.redirect sends these to the L7 listener with an nft redirect instead."""
+        from bpf.maps import PolicyVerdict
+        from bpf.maps import Direction as MapDirection
+
+        out: set[tuple[str, int, int, int]] = set()
+        with self._lock:
+            for st in self._endpoints.values():
+                named: dict[tuple[int, int], PolicyMapEntry] = {}
+                wild: dict[tuple[int, int], PolicyMapEntry] = {}
+                for kb, vb in st.policy.items():
+                    k = PolicyMapKey.unpack(kb)
+                    if k.direction != MapDirection.INGRESS or k.proto not in (0, 6):
+                        continue
+                    if k.identity == identity:
+                        named[k.port_range] = PolicyMapEntry.unpack(vb)
+                    elif k.identity == 0:
+                        wild[k.port_range] = PolicyMapEntry.unpack(vb)
+                for rng, e in [*named.items(), *((r, e) for r, e in wild.items() if r not in named)]:
+                    if e.verdict == PolicyVerdict.REDIRECT and e.proxy_port:
+                        out.add((st.ip, rng[0], rng[1], e.proxy_port))
+        return sorted(out)
+
+    # ---- egress gateway ----
+    def sync_egress_gateway(self, redirects: Iterable[Any]) -> int:
+        """Make ost_egress_gw equal to these redirects (the full set; objects with `sources`,
+        `destinations`, `excluded`, `proxy_port`, i.e. mesh.gateway.resolve.EgressRedirect): TCP
+        from each source to each destination CIDR goes to 127.0.0.1:proxy_port, excluded CIDRs
+        (longer prefixes, port 0) bypass it. New entries are written before stale ones are removed.
+        Returns the number of entries."""
+        self._require_started()
+        redirects = list(redirects)
+        desired: dict[bytes, bytes] = {}
+        for r in redirects:
+            for src in r.sources:
+                for cidr in r.destinations:
+                    k = EgressGwKey.of(src, cidr).pack()
+                    # Overlapping policies: the first (oldest, as resolved) keeps the prefix.
+                    desired.setdefault(k, EgressGwValue(int(r.proxy_port)).pack())
+        for r in redirects:  # after the destinations: an excluded CIDR wins over the same prefix
+            for src in r.sources:
+                for cidr in r.excluded:
+                    desired[EgressGwKey.of(src, cidr).pack()] = EgressGwValue(0).pack()
+        with self._lock:
+            m = self._maps["ost_egress_gw"]
+            if self._egress_gw is None:
+                self._egress_gw = dict(m.items())
+            old = self._egress_gw
+            upserts = {k: v for k, v in desired.items() if old.get(k) != v}
+            self._check_capacity(m, len(old) + sum(1 for k in upserts if k not in old))
+            self._apply(m, upserts, [k for k in old if k not in desired], old)
+            self._egress_gw = desired
             return len(desired)
 
     def _policy_fill(self) -> int:

@@ -106,6 +106,44 @@ def install(cfg: RedirectConfig = RedirectConfig()) -> dict[str, object]:
     return out
 
 
+GATEWAY_NFT_TABLE = "ostium_gw"
+
+
+def gateway_ingress_script(source: str, targets: list[tuple[str, int, int, int]],
+                           table: str = GATEWAY_NFT_TABLE) -> str:
+    """The ingress gateway's half of the L7 redirect, as one atomic nft transaction.
+
+    Envoy's gateway upstream leaves the node's stack from `source` (identity `ingress`) unmarked,
+    so that the backend's policy applies; tc cannot sk_assign it there (egress hook). For each
+    (endpoint IP, ports) under an ingress L7 rule the connection is redirected in nat output to
+    the L7 listener instead: its original_dst filter reads the endpoint back with SO_ORIGINAL_DST.
+    The proxies' own upstream (mark 0x1000) is never redirected. With no listener the redirect
+    meets a closed port: the connection is reset (fail closed), never delivered unenforced."""
+    rules = "".join(
+        f"    ip saddr {source} ip daddr {ip} tcp dport {lo if lo == hi else f'{lo}-{hi}'} "
+        f"redirect to :{port}\n" for ip, lo, hi, port in targets)
+    return (f"table ip {table} {{}}\ndelete table ip {table}\n"
+            f"table ip {table} {{\n  chain gw_out {{\n"
+            f"    type nat hook output priority -110; policy accept;\n"
+            f"    meta mark & {MARK_PROXY_UPSTREAM:#x} == {MARK_PROXY_UPSTREAM:#x} return\n{rules}"
+            f"  }}\n}}\n")
+
+
+def sync_gateway_ingress(source: str, targets: list[tuple[str, int, int, int]]) -> None:
+    """Replace the gateway redirect rules (idempotent, atomic); no targets removes the table."""
+    nft = shutil.which("nft")
+    if nft is None:
+        if targets:
+            raise DatapathError("nft is not installed: gateway traffic to endpoints under ingress L7 rules "
+                                "cannot reach the L7 proxy (apt-get install nftables)")
+        return
+    script = (gateway_ingress_script(source, targets) if targets else
+              f"table ip {GATEWAY_NFT_TABLE} {{}}\ndelete table ip {GATEWAY_NFT_TABLE}\n")
+    r = _run([nft, "-f", "-"], script)
+    if r.returncode != 0:
+        raise DatapathError(f"gateway L7 redirect: nft failed ({r.stderr.strip()})")
+
+
 def remove(cfg: RedirectConfig = RedirectConfig()) -> None:
     """Undo install() (uninstall, tests); missing pieces are fine."""
     for mark in (MARK_TO_PROXY, MARK_PROXY_REFUSE):
@@ -115,6 +153,7 @@ def remove(cfg: RedirectConfig = RedirectConfig()) -> None:
     _run(["ip", "-4", "route", "flush", "table", str(cfg.table)])
     if shutil.which("nft"):
         _run(["nft", "delete", "table", "inet", cfg.nft_table])
+        _run(["nft", "delete", "table", "ip", GATEWAY_NFT_TABLE])
 
 
 def src_valid_mark() -> bool:
