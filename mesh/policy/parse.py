@@ -15,6 +15,7 @@ identity is only reached by naming it, or by an entity).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Any
@@ -326,24 +327,34 @@ def re2_options():
     return opts
 
 
-def _check_regex(value: Any, path: str) -> str:
+@functools.lru_cache(maxsize=16384)
+def _regex_problem(text: str) -> str | None:
+    """Why Envoy would refuse `text` as an RE2 rule pattern, or None. Pure, so memoized: a policy
+    of 1,000 rules is re-applied with mostly the same patterns, and each compile costs ~30 us."""
     import re2
 
-    text = _str(value, path, allow_empty=True)
     try:
         compiled = re2.compile(text, options=re2_options())
     except Exception as exc:  # re2.error carries bytes
         reason = exc.args[0] if exc.args else exc
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
-        raise _err(f"invalid RE2 regex {text!r}: {reason}", path) from None
+        return f"invalid RE2 regex {text!r}: {reason}"
     # Envoy refuses regexes whose RE2 program is larger than 100: reject them here, with the path,
     # instead of a NACK later (literals are sent as exact matches and never compiled by Envoy).
     if getattr(compiled, "programsize", 0) > 100:
         from xdsserver.translate.validate import MAX_REGEX_PROGRAM_SIZE, is_literal
         if compiled.programsize > MAX_REGEX_PROGRAM_SIZE and not is_literal(text):
-            raise _err(f"regex {text!r} is too complex for Envoy (RE2 program size {compiled.programsize} > "
-                       f"{MAX_REGEX_PROGRAM_SIZE}): simplify it or split it into several rules", path)
+            return (f"regex {text!r} is too complex for Envoy (RE2 program size {compiled.programsize} > "
+                    f"{MAX_REGEX_PROGRAM_SIZE}): simplify it or split it into several rules")
+    return None
+
+
+def _check_regex(value: Any, path: str) -> str:
+    text = _str(value, path, allow_empty=True)
+    problem = _regex_problem(text)
+    if problem is not None:
+        raise _err(problem, path)
     return text
 
 
