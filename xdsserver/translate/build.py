@@ -260,7 +260,7 @@ def rbac_rules(direction: Direction, rules: Iterable[PeerRule],
     for i, peer in enumerate(rules):
         by_peers.setdefault(peer.identities, (i, []))[1].append(peer)
     for identities, (i, peers) in by_peers.items():
-        perms = _permissions(peers)
+        perms = list(_permissions(tuple(peers)))
         if identities is None:
             policies[f"rule-{i}"] = {"permissions": perms, "principals": [{"any": True}]}
             continue
@@ -433,15 +433,19 @@ def _path_matchers(paths: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _permissions(peers: list[PeerRule]) -> list[dict[str, Any]]:
+@functools.lru_cache(maxsize=1024)
+def _permissions(peers: tuple[PeerRule, ...]) -> tuple[dict[str, Any], ...]:
     """The RBAC permissions (OR) for the HTTP rules of peer rules that share their peers.
+
+    Memoized (pure; callers only read the dicts): the same rule set recurs on every port and
+    endpoint a policy selects, and in every later translation while it is unchanged.
 
     Rules that differ only by path (same method, host and headers) become one permission whose
     path matcher is an alternation of their paths; a rule without a path makes its group allow
     every path. A peer rule without HTTP rules allows every request.
     """
     if any(not peer.http for peer in peers):
-        return [{"any": True}]
+        return ({"any": True},)
     groups: dict[tuple, list[str] | None] = {}
     for peer in peers:
         for r in peer.http:
@@ -457,7 +461,7 @@ def _permissions(peers: list[PeerRule]) -> list[dict[str, Any]]:
         matchers = _path_matchers(list(dict.fromkeys(paths))) if paths else []
         perms.append(_http_permission(HTTPRule(method=method, host=host, headers=headers),
                                       matchers))
-    return perms
+    return tuple(perms)
 
 
 def _http_permission(rule: HTTPRule, path_matchers: list[dict[str, Any]] | None = None
