@@ -109,6 +109,7 @@ class GatewayComponent:
         self.resolution: Resolution | None = None
         self.last_error = ""
         self._egress_ips: set[str] = set()  # egress IPs this component added to the node
+        self.datapath_error = ""  # the last egress redirect/egress IP sync failure ("" = in step)
         self._lock = asyncio.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -209,8 +210,9 @@ class GatewayComponent:
             for ip in sorted(self._egress_ips - want):
                 await asyncio.to_thread(_del_node_address, ip)
                 self._egress_ips.discard(ip)
+            self.datapath_error = ""
         except Exception as exc:  # noqa: BLE001 - reported in status; the Envoy half still goes out
-            self.last_error = f"egress gateway datapath: {exc}"
+            self.datapath_error = f"egress gateway datapath: {exc}"
             log.error("egress gateway datapath sync failed", extra={"error": str(exc)})
 
     # --- API --------------------------------------------------------------------------------------
@@ -232,6 +234,9 @@ class GatewayComponent:
                "egress_policies": len(inp.egress_chains), "objects_with_problems": len(failing)}
         if self.last_error:
             out["last_error"] = self.last_error
+        if self.datapath_error:
+            out["state"] = "error"
+            out["datapath_error"] = self.datapath_error
         return out
 
 

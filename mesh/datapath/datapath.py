@@ -473,18 +473,7 @@ class Datapath:
         (longer prefixes, port 0) bypass it. New entries are written before stale ones are removed.
         Returns the number of entries."""
         self._require_started()
-        redirects = list(redirects)
-        desired: dict[bytes, bytes] = {}
-        for r in redirects:
-            for src in r.sources:
-                for cidr in r.destinations:
-                    k = EgressGwKey.of(src, cidr).pack()
-                    # Overlapping policies: the first (oldest, as resolved) keeps the prefix.
-                    desired.setdefault(k, EgressGwValue(int(r.proxy_port)).pack())
-        for r in redirects:  # after the destinations: an excluded CIDR wins over the same prefix
-            for src in r.sources:
-                for cidr in r.excluded:
-                    desired[EgressGwKey.of(src, cidr).pack()] = EgressGwValue(0).pack()
+        desired = egress_gw_entries(redirects)
         with self._lock:
             m = self._maps["ost_egress_gw"]
             if self._egress_gw is None:
@@ -698,6 +687,23 @@ class Datapath:
     def _require_started(self) -> None:
         if not self._started:
             raise DatapathError("the datapath is not started (call start() first)")
+
+
+def egress_gw_entries(redirects: Iterable[Any]) -> dict[bytes, bytes]:
+    """ost_egress_gw's packed entries for these EgressRedirects. Pure. Overlapping policies: the first
+    (the resolver orders them oldest first) keeps a (source, prefix); excluded CIDRs win over the
+    same prefix of any policy of that source (an exclusion is never turned back into a redirect)."""
+    redirects = list(redirects)
+    out: dict[bytes, bytes] = {}
+    for r in redirects:
+        for src in r.sources:
+            for cidr in r.destinations:
+                out.setdefault(EgressGwKey.of(src, cidr).pack(), EgressGwValue(int(r.proxy_port)).pack())
+    for r in redirects:
+        for src in r.sources:
+            for cidr in r.excluded:
+                out[EgressGwKey.of(src, cidr).pack()] = EgressGwValue(0).pack()
+    return out
 
 
 def is_enoent(exc: OSError) -> bool:
