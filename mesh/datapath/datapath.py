@@ -460,9 +460,15 @@ class Datapath:
                         named[k.port_range] = PolicyMapEntry.unpack(vb)
                     elif k.identity == 0:
                         wild[k.port_range] = PolicyMapEntry.unpack(vb)
+                # A deny of either kind wins in the program: never redirect ports it covers (the
+                # proxy's upstream skips the backend's policy, so that would bypass the deny).
+                denies = [r for r, e in [*named.items(), *wild.items()] if e.verdict == PolicyVerdict.DENY]
                 for rng, e in [*named.items(), *((r, e) for r, e in wild.items() if r not in named)]:
-                    if e.verdict == PolicyVerdict.REDIRECT and e.proxy_port:
-                        out.add((st.ip, rng[0], rng[1], e.proxy_port))
+                    if e.verdict != PolicyVerdict.REDIRECT or not e.proxy_port:
+                        continue
+                    if any(lo <= rng[1] and rng[0] <= hi for lo, hi in denies):
+                        continue
+                    out.add((st.ip, rng[0], rng[1], e.proxy_port))
         return sorted(out)
 
     # ---- egress gateway ----

@@ -44,3 +44,32 @@ def test_ingress_gateway_rules_skip_the_proxies_upstream_and_name_each_target():
     r2 = lines.index("ip saddr 10.0.0.254 ip daddr 10.0.0.3 tcp dport 8000-8007 redirect to :15001")
     assert mark < r1 < r2
     assert script.startswith("table ip ostium_gw {}\ndelete table ip ostium_gw\n")  # atomic replace
+
+
+def _datapath_with(policy: dict):
+    """A Datapath that was never started, holding one endpoint's mirrored policy entries."""
+    from bpf.maps import PolicyMapEntry, PolicyMapKey
+    from mesh.datapath.datapath import Datapath, DatapathConfig, _EndpointState
+
+    dp = Datapath(DatapathConfig(cgroup_root="/nonexistent"))
+    st = _EndpointState(1, 10, "10.0.0.2", 300)
+    for (ident, port, plen), (verdict, proxy_port) in policy.items():
+        st.policy[PolicyMapKey(1, 0, ident, 6, port, plen).pack()] = PolicyMapEntry(verdict, plen, proxy_port).pack()
+    dp._endpoints[1] = st
+    return dp
+
+
+def test_ingress_gateway_targets_follow_the_programs_precedence():
+    from bpf.maps import PolicyVerdict as V
+
+    exact = 64 + 8 + 16
+    # identity ingress (8) named with a redirect on 80; a wildcard redirect on 8080
+    dp = _datapath_with({(8, 80, exact): (V.REDIRECT, 15001), (0, 8080, exact): (V.REDIRECT, 15001)})
+    assert dp.gateway_l7_targets(8) == [("10.0.0.2", 80, 80, 15001), ("10.0.0.2", 8080, 8080, 15001)]
+    assert dp.gateway_l7_targets(9) == [("10.0.0.2", 8080, 8080, 15001)]
+    # a named allow on the same ports wins over the wildcard redirect: plain L3/L4 for the gateway
+    dp = _datapath_with({(8, 8080, exact): (V.ALLOW, 0), (0, 8080, exact): (V.REDIRECT, 15001)})
+    assert dp.gateway_l7_targets(8) == []
+    # a deny covering the ports wins: never redirected (the proxy's upstream would skip the deny)
+    dp = _datapath_with({(8, 80, exact): (V.REDIRECT, 15001), (0, 0, 64 + 8): (V.DENY, 0)})
+    assert dp.gateway_l7_targets(8) == []
