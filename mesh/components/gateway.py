@@ -91,6 +91,17 @@ def _is_local(ip: str) -> bool:
             return False
 
 
+def _host_device_addresses() -> set[str]:
+    import subprocess
+
+    from mesh.endpoints.plumbing import HOST_DEVICE
+
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show", "dev", HOST_DEVICE], capture_output=True, text=True,
+                         timeout=10).stdout
+    return {f.split("/")[0] for line in out.splitlines() for i, f in enumerate(line.split())
+            if i > 0 and line.split()[i - 1] == "inet"}
+
+
 def _del_node_address(ip: str) -> None:
     import subprocess
 
@@ -202,8 +213,12 @@ class GatewayComponent:
             return
         try:
             want = {r.egress_ip for r in res.egress_redirects if r.egress_ip}
-            for ip in sorted(want - self._egress_ips):
-                if plumbing is not None and not _is_local(ip):
+            cfg = self.agent.config
+            reserved = {cfg.router, cfg.ingress_source}
+            for ip in sorted(want - self._egress_ips - reserved):
+                if ip in await asyncio.to_thread(_host_device_addresses):
+                    self._egress_ips.add(ip)  # added by an earlier agent run: ours to remove later
+                elif plumbing is not None and not _is_local(ip):
                     await asyncio.to_thread(plumbing.add_node_address, ip)
                     self._egress_ips.add(ip)
             await dp.sync_egress_gateway(list(res.egress_redirects))
