@@ -284,18 +284,33 @@ class Map:
         batch support). Raises MapFullError; the caller rolls back what it had written."""
         if not pairs:
             return
-        keys = b"".join(k for k, _ in pairs)
-        vals = b"".join(v for _, v in pairs)
-        count = ctypes.c_uint32(len(pairs))
-        rc = self.bpf.lib.bpf_map_update_batch(self.fd, keys, vals, ctypes.byref(count), None)
-        if rc == 0:
+        # zip(*pairs) splits in C; the two joins are the contiguous key and value arrays the
+        # syscall reads, with no per-element Python work.
+        keys, vals = zip(*pairs)
+        if self.update_batch_raw(b"".join(keys), b"".join(vals), len(pairs)):
             return
+        for k, v in pairs:
+            self.update(k, v)
+
+    def update_batch_raw(self, keys: bytes, values: bytes, count: int) -> bool:
+        """Write `count` entries given as contiguous key and value arrays (key_size and
+        value_size bytes each, in the same order) in one syscall. Returns False, having written
+        nothing, when the map type has no batch support (the caller writes per element); raises
+        MapFullError and DatapathError like update_batch."""
+        if count == 0:
+            return True
+        if len(keys) != count * self.info.key_size or len(values) != count * self._value_len():
+            raise DatapathError(f"batch update of map {self.name}: {len(keys)} key bytes and "
+                                f"{len(values)} value bytes are not {count} entries of "
+                                f"{self.info.key_size}+{self._value_len()} bytes")
+        n = ctypes.c_uint32(count)
+        rc = self.bpf.lib.bpf_map_update_batch(self.fd, keys, values, ctypes.byref(n), None)
+        if rc == 0:
+            return True
         err = ctypes.get_errno()
         if err in (errno.EINVAL, errno.ENOTSUPP if hasattr(errno, "ENOTSUPP") else 524, 524,
-                   errno.EOPNOTSUPP) and count.value == 0:
-            for k, v in pairs:
-                self.update(k, v)
-            return
+                   errno.EOPNOTSUPP) and n.value == 0:
+            return False
         raise self._update_error(rc)
 
     def delete_many(self, keys: list[bytes]) -> None:

@@ -93,34 +93,64 @@ _SVC_VAL = struct.Struct(Lb4Service.FMT)
 _BE_KEY = struct.Struct(BackendId.FMT)
 _BE_VAL = struct.Struct(Lb4Backend.FMT)
 _PORT = struct.Struct("!H")
+# Lb4Key is (vip 4s, port 2s, proto B, pad B, slot <H, pad H): a frontend's keys share their first
+# 8 bytes and differ in the last 4, which are precomputed for the slot numbers in common use.
+_SLOT = struct.Struct("<HH")
+_SLOT_SUFFIX = tuple(_SLOT.pack(s, 0) for s in range(1025))
+_PROTO_PAD = tuple(bytes((p, 0)) for p in range(256))
+# A slot value (backend_id, 0, 0, 0, 0) is the backend key followed by zeros.
+_SLOT_VAL_TAIL = bytes(_SVC_VAL.size - _BE_KEY.size)
+_inet_aton = socket.inet_aton
 
 
 def plan_frontend(f: Frontend, fk: FrontendKey, rev_ids: IdAllocator, backend_ids: IdAllocator,
                   max_slots: int = 256) -> tuple[dict[bytes, bytes], dict[bytes, bytes], list[BackendKey]]:
     """One frontend's entries: (ost_lb4_svc entries, ost_lb4_backend entries, backend keys).
-    Packs bytes directly (the layouts of the bpf.maps codecs, which the tests compare)."""
+    Packs bytes directly (the layouts of the bpf.maps codecs, which the tests compare); this runs
+    once per service on a full load, so it avoids per-entry struct packing where it can."""
     rev = rev_ids.ids.get(fk) or rev_ids.get(fk)
-    vip, vport, proto = socket.inet_aton(f.vip), _PORT.pack(f.port), fk[2]
-    weights = [b.weight for b in f.backends]
-    slots_per = weights if all(w == 1 for w in weights) else slot_weights(weights, max_slots)
+    proto = fk[2]
+    # _PORT.pack (not int.to_bytes) so a bad port raises the same struct.error as the codecs.
+    prefix = _inet_aton(f.vip) + _PORT.pack(f.port) + _PROTO_PAD[proto]
+    backends = f.backends
     svc: dict[bytes, bytes] = {}
     be: dict[bytes, bytes] = {}
     bks: list[BackendKey] = []
     slot = 0
     be_ids = backend_ids.ids
-    for b, n in zip(f.backends, slots_per):
-        if n == 0:
-            continue
-        bk = (fk, b.ip, b.port)
-        bid = be_ids.get(bk) or backend_ids.get(bk)
-        bks.append(bk)
-        be[_BE_KEY.pack(bid)] = _BE_VAL.pack(socket.inet_aton(b.ip), _PORT.pack(b.port), proto, 0)
-        sval = _SVC_VAL.pack(bid, 0, 0, 0, 0)
-        for _ in range(n):
+    suffix = _SLOT_SUFFIX
+    tail = _SLOT_VAL_TAIL
+    pack_key, pack_be, pack_port = _BE_KEY.pack, _BE_VAL.pack, _PORT.pack
+    for b in backends:
+        if b.weight != 1:
+            break
+    else:
+        # Every backend weighs 1 (the common case): one slot each.
+        for b in backends:
+            bk = (fk, b.ip, b.port)
+            bid = be_ids.get(bk) or backend_ids.get(bk)
+            bks.append(bk)
+            bkey = pack_key(bid)
+            be[bkey] = pack_be(_inet_aton(b.ip), pack_port(b.port), proto, 0)
             slot += 1
-            svc[_SVC_KEY.pack(vip, vport, proto, 0, slot, 0)] = sval
+            svc[prefix + (suffix[slot] if slot < 1025 else _SLOT.pack(slot, 0))] = bkey + tail
+        backends = ()
+    if backends:
+        slots_per = slot_weights([b.weight for b in backends], max_slots)
+        for b, n in zip(backends, slots_per):
+            if n == 0:
+                continue
+            bk = (fk, b.ip, b.port)
+            bid = be_ids.get(bk) or backend_ids.get(bk)
+            bks.append(bk)
+            bkey = pack_key(bid)
+            be[bkey] = pack_be(_inet_aton(b.ip), pack_port(b.port), proto, 0)
+            sval = bkey + tail
+            for _ in range(n):
+                slot += 1
+                svc[prefix + (suffix[slot] if slot < 1025 else _SLOT.pack(slot, 0))] = sval
     flags = SVC_FLAG_AFFINITY if f.affinity_timeout > 0 else 0
-    svc[_SVC_KEY.pack(vip, vport, proto, 0, 0, 0)] = _SVC_VAL.pack(0, slot, flags, rev, f.affinity_timeout)
+    svc[prefix + suffix[0]] = _SVC_VAL.pack(0, slot, flags, rev, f.affinity_timeout)
     return svc, be, bks
 
 
