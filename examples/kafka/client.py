@@ -1,7 +1,7 @@
 """A small Kafka client for the Kafka demo (kafka-python), run inside an endpoint:
 
     python3 examples/kafka/client.py produce BOOTSTRAP TOPIC MESSAGE [--client-id ID] [--json]
-    python3 examples/kafka/client.py consume BOOTSTRAP TOPIC --group GROUP [--count N] [--json]
+    python3 examples/kafka/client.py consume BOOTSTRAP TOPIC --group GROUP [--count N | --expect MSG] [--json]
 
 It prints one line: what was asked, and what Kafka answered in the client's own terms (an offset, the
 messages, or the error class kafka-python raised, e.g. TopicAuthorizationFailedError when the mesh's Kafka
@@ -41,10 +41,12 @@ def consume(args: argparse.Namespace) -> dict:
                              bootstrap_timeout_ms=args.timeout_ms,
                              **FAST_GROUP)
     try:
-        got = []
+        got: list[str] = []
+        waiting = set(args.expect)
         for msg in consumer:
             got.append(msg.value.decode(errors="replace"))
-            if len(got) >= args.count:
+            waiting.discard(got[-1])
+            if (args.expect and not waiting) or (not args.expect and len(got) >= args.count):
                 break
         if got:
             consumer.commit()  # OffsetCommit: the group's progress, part of the consume role
@@ -64,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             s.add_argument("message")
         else:
             s.add_argument("--group", required=True)
-            s.add_argument("--count", type=int, default=1)
+            s.add_argument("--count", type=int, default=1, help="stop after N messages (default 1)")
+            s.add_argument("--expect", action="append", default=[], metavar="MESSAGE",
+                           help="stop once this message arrived (repeatable; instead of --count)")
         s.add_argument("--client-id", default=f"demo-{name}r")
         s.add_argument("--timeout-ms", type=int, default=8000)
         s.add_argument("--json", action="store_true")

@@ -183,8 +183,8 @@ def test_aiokafka_and_confluent_producers_see_their_own_authorization_error(node
 def test_consumer_group_consumes_topic1_and_cannot_produce(node):
     for i in range(2):
         assert client(node, "producer", "produce", BOOTSTRAP, "topic1", f"m{i}")["ok"]
-    got = client(node, "consumer", "consume", BOOTSTRAP, "topic1", "--group", "g1", "--count", "3")
-    assert got["ok"] and len(got["messages"]) == 3, got
+    got = client(node, "consumer", "consume", BOOTSTRAP, "topic1", "--group", "g1", "--expect", "m0", "--expect", "m1")
+    assert got["ok"] and {"m0", "m1"} <= set(got["messages"]), got
     denied = client(node, "consumer", "produce", BOOTSTRAP, "topic1", "sneaky")
     assert denied["error"] == "TopicAuthorizationFailedError", denied
     flows = observe(node, "--from-label", "app=consumer", "--last", "200")
@@ -209,25 +209,30 @@ def test_api_key_and_client_id_rules(node):
 
 
 def test_observe_shows_kafka_flows_with_api_topic_verdict_and_both_sides(node):
+    assert client(node, "producer", "produce", BOOTSTRAP, "topic1", "seen")["ok"]
     client(node, "producer", "produce", BOOTSTRAP, "topic2", "nope")
 
-    def produce_flows():
+    def seen():
         flows = observe(node, "--from-label", "app=producer", "--last", "500")
-        return [f for f in flows if f["l7"]["kafka"]["api_key"] == "produce"]
-    flows = wait_for(lambda: (fl := produce_flows()) and {f["verdict"] for f in fl} >= {"FORWARDED", "DROPPED"}
-                     and fl, 10, what="forwarded and denied Produce flows")
+        kinds = {(f["verdict"], f["l7"]["kafka"]["api_key"], f["l7"]["kafka"]["topic"]) for f in flows}
+        # kafka-python learns of the denial from Metadata (TOPIC_AUTHORIZATION_FAILED) and never sends the Produce
+        return ("FORWARDED", "produce", "topic1") in kinds and ("DROPPED", "metadata", "topic2") in kinds and flows
+    flows = wait_for(seen, 10, what="a forwarded Produce to topic1 and a denied Metadata for topic2")
     for f in flows:
         assert "k8s:app=producer" in f["source"]["labels"] and "k8s:app=kafka" in f["destination"]["labels"], f
         assert f["destination"]["pod_name"] == "kafka" and f["IP"]["destination"] == BROKER_IP
         assert f["traffic_direction"] == "INGRESS"  # the broker's ingress rules decided
-    denied = [f for f in flows if f["verdict"] == "DROPPED"]
-    assert {f["l7"]["kafka"]["topic"] for f in denied} == {"topic2"}
-    assert all(f["l7"]["kafka"]["error_code"] == 29 for f in denied)
-    assert {f["l7"]["kafka"]["topic"] for f in flows if f["verdict"] == "FORWARDED"} == {"topic1"}
+        assert f["l7"]["kafka"]["client_id"] and f["l7"]["kafka"]["api_version"] >= 0
+    # confluent-kafka (librdkafka 2.x) also asks GetTelemetrySubscriptions (no topics), which no role covers:
+    # denied with CLUSTER_AUTHORIZATION_FAILED (31), harmlessly. Every denial that names a topic is topic2's.
+    denied = [f for f in flows if f["verdict"] == "DROPPED" and f["l7"]["kafka"]["topic"]]
+    assert all("topic2" in f["l7"]["kafka"]["topic"] and f["l7"]["kafka"]["error_code"] == 29 for f in denied), \
+        [(f["l7"]["kafka"]["api_key"], f["l7"]["kafka"]["topic"], f["l7"]["kafka"]["error_code"]) for f in denied]
+    assert "topic2" not in {f["l7"]["kafka"]["topic"] for f in flows if f["verdict"] == "FORWARDED"}
     # the filter by topic, the metrics and the proxy's counters
     assert all(f["l7"]["kafka"]["topic"] == "topic2" for f in observe(node, "--kafka-topic", "topic2"))
     r = node.node_exec("curl", "-s", "--max-time", "2", "http://127.0.0.1:9962/metrics")
-    assert 'ostium_kafka_requests_total{api_key="produce",topic="topic2",verdict="DROPPED"}' in r.stdout
+    assert 'ostium_kafka_requests_total{api_key="metadata",topic="topic2",verdict="DROPPED"}' in r.stdout
     assert 'ostium_kafka_requests_total{api_key="produce",topic="topic1",verdict="FORWARDED"}' in r.stdout
     kafka = node.cli_json("status")["components"]["kafka"]
     assert kafka["state"] == "running" and kafka["ingress"]["denied"] > 0 and kafka["ingress"]["forwarded"] > 0
