@@ -151,7 +151,14 @@ class DatapathComponent:
         targets = await asyncio.to_thread(self.dp.gateway_l7_targets, INGRESS_IDENTITY)
         if targets == self._gateway_targets:
             return
-        await asyncio.to_thread(redirect.sync_gateway_ingress, self.agent.config.ingress_source, targets)
+        try:
+            await asyncio.to_thread(redirect.sync_gateway_ingress, self.agent.config.ingress_source, targets)
+        except DatapathError as exc:
+            # Still closed: without the redirect the backend's veth drops gateway flows (PROXY_BYPASS).
+            self.sync_errors += 1
+            self.last_error = str(exc)
+            log.error("ingress gateway redirect sync failed", extra={"error": str(exc)})
+            return
         self._gateway_targets = targets
 
     async def sync_egress_gateway(self, redirects: list) -> int:
@@ -266,7 +273,9 @@ class DatapathComponent:
         # L7 redirect: the node's fwmark rule/local route/reject rule, the proxy ports flows go to,
         # and how many flows were refused (fail closed) because no proxy listened.
         l7 = {**self.dp.redirect_status, "proxy_ports": dict(self.dp.config.proxy_ports),
-              "refused_flows": refused}
+              "refused_flows": refused,
+              # (endpoint IP, ports) whose gateway traffic the nft table ip ostium_gw sends to the proxy
+              "gateway_ingress_redirects": len(self._gateway_targets or [])}
         return {"state": "error" if self.last_error else "ready",
                 "pin_dir": self.dp.config.pin_dir,
                 "l7_redirect": l7,
