@@ -292,6 +292,16 @@ class Map:
         for k, v in pairs:
             self.update(k, v)
 
+    def update_batch_dict(self, entries: dict[bytes, bytes]) -> None:
+        """update_batch for a dict: the arrays are joined straight from its keys and values
+        (no list of pairs), in its order."""
+        if not entries:
+            return
+        if self.update_batch_raw(b"".join(entries), b"".join(entries.values()), len(entries)):
+            return
+        for k, v in entries.items():
+            self.update(k, v)
+
     def update_batch_raw(self, keys: bytes, values: bytes, count: int) -> bool:
         """Write `count` entries given as contiguous key and value arrays (key_size and
         value_size bytes each, in the same order) in one syscall. Returns False, having written

@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass, field
 from functools import reduce
 from math import gcd
-from typing import Iterable
+from typing import Iterable, Mapping, Protocol
 
 from bpf.maps import SVC_FLAG_AFFINITY, BackendId, Lb4Backend, Lb4Key, Lb4Service
 from mesh.errors import ConflictError, DatapathError
@@ -157,15 +157,99 @@ def plan_frontend(f: Frontend, fk: FrontendKey, rev_ids: IdAllocator, backend_id
 def index_frontends(frontends: Iterable[Frontend]) -> dict[FrontendKey, Frontend]:
     """Frontends by key; two services on one VIP:port/protocol is a ConflictError."""
     out: dict[FrontendKey, Frontend] = {}
+    protos = PROTOCOL_NUMBERS
     for f in frontends:
-        fk = frontend_key(f)
-        other = out.get(fk)
-        if other is not None:
+        proto = protos.get(f.protocol)
+        fk = (f.vip, f.port, proto) if proto is not None else frontend_key(f)   # (raises)
+        if fk in out:
+            other = out[fk]
             raise ConflictError(
                 f"service {f.service or '?'}: {f.vip}:{f.port}/{f.protocol} is already the frontend of "
                 f"service {other.service or '?'}")
         out[fk] = f
     return out
+
+
+class FrontendEntries(Protocol):
+    """What the datapath remembers per programmed frontend (its _FrontendState)."""
+
+    frontend: Frontend | None
+    svc: dict[bytes, bytes]
+    be: dict[bytes, bytes]
+    bks: list
+
+
+@dataclass(slots=True)
+class SyncPlan:
+    """What one sync_services call writes and removes, in the order it must: backends, then
+    slots, then masters; deletions master first. `changed` is the new per-frontend state
+    (frontend, svc entries, backend entries, backend keys) of every frontend planned anew."""
+
+    changed: dict[FrontendKey, tuple[Frontend, dict[bytes, bytes], dict[bytes, bytes], list[BackendKey]]]
+    removed: list[FrontendKey]
+    slots: dict[bytes, bytes]        # ost_lb4_svc upserts with slot != 0
+    masters: dict[bytes, bytes]      # ost_lb4_svc upserts with slot == 0
+    be_up: dict[bytes, bytes]
+    svc_del: list[bytes]
+    be_del: list[bytes]
+
+    @property
+    def svc_up(self) -> dict[bytes, bytes]:
+        return {**self.slots, **self.masters}
+
+
+def _is_master(key: bytes) -> bool:
+    return key[8:10] == b"\0\0"
+
+
+def plan_sync(old: Mapping[FrontendKey, FrontendEntries], new: dict[FrontendKey, Frontend],
+              rev_ids: IdAllocator, backend_ids: IdAllocator, max_slots: int = 256) -> SyncPlan:
+    """The changes that take the maps from `old` (per-frontend state of what is programmed) to
+    the frontends `new` (index_frontends' output); allocators (copies: the caller keeps them
+    only if the write succeeds) are updated in place. Unchanged frontends (the same object or
+    equal) are skipped. Same result as planning each frontend with plan_frontend and diffing
+    against its old entries, in bulk: a frontend that did not exist before has nothing to diff
+    against, so its entries are taken whole."""
+    slots: dict[bytes, bytes] = {}
+    masters: dict[bytes, bytes] = {}
+    be_up: dict[bytes, bytes] = {}
+    svc_del: list[bytes] = []
+    be_del: list[bytes] = []
+    changed: dict[FrontendKey, tuple[Frontend, dict[bytes, bytes], dict[bytes, bytes], list[BackendKey]]] = {}
+    removed = [fk for fk in old if fk not in new]
+    for fk in removed:
+        st = old[fk]
+        svc_del.extend(st.svc)
+        be_del.extend(st.be)
+        rev_ids.release(fk)
+        for bk in st.bks:
+            backend_ids.release(bk)
+    old_get = old.get
+    for fk, f in new.items():
+        st = old_get(fk)
+        if st is None:
+            svc, be, bks = plan_frontend(f, fk, rev_ids, backend_ids, max_slots)
+            # plan_frontend puts the master entry last.
+            mk = next(reversed(svc))
+            slots.update(svc)
+            masters[mk] = slots.pop(mk)
+            be_up.update(be)
+            changed[fk] = (f, svc, be, bks)
+            continue
+        if st.frontend is not None and (st.frontend is f or st.frontend == f):
+            continue
+        svc, be, bks = plan_frontend(f, fk, rev_ids, backend_ids, max_slots)
+        old_svc, old_be = st.svc, st.be
+        for k, v in svc.items():
+            if old_svc.get(k) != v:
+                (masters if _is_master(k) else slots)[k] = v
+        be_up.update((k, v) for k, v in be.items() if old_be.get(k) != v)
+        svc_del.extend(k for k in old_svc if k not in svc)
+        be_del.extend(k for k in old_be if k not in be)
+        for bk in set(st.bks) - set(bks):
+            backend_ids.release(bk)
+        changed[fk] = (f, svc, be, bks)
+    return SyncPlan(changed, removed, slots, masters, be_up, svc_del, be_del)
 
 
 def plan(frontends: Iterable[Frontend], rev_ids: IdAllocator, backend_ids: IdAllocator,

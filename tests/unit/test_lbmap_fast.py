@@ -137,3 +137,109 @@ def test_plan_frontend_bad_port_raises_like_the_reference():
         ref_plan_frontend(f, fk, IdAllocator(), IdAllocator())
     with pytest.raises(struct.error):
         lbmap.plan_frontend(f, fk, IdAllocator(), IdAllocator())
+
+
+# ---- plan_sync: the bulk planner for Datapath.sync_services ----
+
+class _State:
+    """Like the datapath's _FrontendState."""
+
+    __slots__ = ("frontend", "svc", "be", "bks")
+
+    def __init__(self, frontend, svc, be, bks):
+        self.frontend, self.svc, self.be, self.bks = frontend, svc, be, bks
+
+
+def ref_sync_plan(fe, new, rev_ids, be_ids, max_slots):
+    """Datapath.sync_services' planning loop as it was written before plan_sync (verbatim
+    apart from names), with its slot/master split."""
+    svc_up, be_up, svc_del, be_del, new_fe = {}, {}, [], [], {}
+    removed = [fk for fk in fe if fk not in new]
+    for fk in removed:
+        old = fe[fk]
+        svc_del.extend(old.svc)
+        be_del.extend(old.be)
+        rev_ids.release(fk)
+        for bk in old.bks:
+            be_ids.release(bk)
+    for fk, f in new.items():
+        old = fe.get(fk)
+        if old is not None and old.frontend is not None and (old.frontend is f or old.frontend == f):
+            continue
+        svc, be, bks = ref_plan_frontend(f, fk, rev_ids, be_ids, max_slots)
+        old_svc, old_be = (old.svc, old.be) if old else ({}, {})
+        svc_up.update((k, v) for k, v in svc.items() if old_svc.get(k) != v)
+        be_up.update((k, v) for k, v in be.items() if old_be.get(k) != v)
+        svc_del.extend(k for k in old_svc if k not in svc)
+        be_del.extend(k for k in old_be if k not in be)
+        if old:
+            for bk in set(old.bks) - set(bks):
+                be_ids.release(bk)
+        new_fe[fk] = (f, svc, be, bks)
+    slots = {k: v for k, v in svc_up.items() if k[8:10] != b"\0\0"}
+    masters = {k: v for k, v in svc_up.items() if k[8:10] == b"\0\0"}
+    return new_fe, removed, slots, masters, be_up, svc_del, be_del
+
+
+def _mutate(rng: random.Random, f: Frontend) -> Frontend:
+    r = rng.random()
+    if r < 0.3:
+        return Frontend(f.vip, f.port, f.protocol, f.backends[1:], f.affinity_timeout, f.service)
+    if r < 0.5:
+        return Frontend(f.vip, f.port, f.protocol, f.backends, 0 if f.affinity_timeout else 30, f.service)
+    if r < 0.7:
+        return Frontend(f.vip, f.port, f.protocol,
+                        tuple(Backend(b.ip, b.port, b.weight + 1) for b in f.backends), f.affinity_timeout)
+    # An equal but distinct object: skipped like the same object.
+    return Frontend(f.vip, f.port, f.protocol, tuple(f.backends), f.affinity_timeout, f.service)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_plan_sync_matches_the_datapath_loop(seed):
+    rng = random.Random(100 + seed)
+    max_slots = rng.choice([8, 256])
+    fast_fe: dict = {}
+    ref_fe: dict = {}
+    fast_ids = (IdAllocator(limit=0xFFFF), IdAllocator())
+    ref_ids = (IdAllocator(limit=0xFFFF), IdAllocator())
+    fronts = random_frontends(rng, 150)
+    for rnd in range(5):
+        new = lbmap.index_frontends(fronts)
+        p = lbmap.plan_sync(fast_fe, new, *fast_ids, max_slots)
+        r = ref_sync_plan(ref_fe, new, *ref_ids, max_slots)
+        assert p.changed == r[0] and list(p.changed) == list(r[0])
+        assert p.removed == r[1]
+        # Same batches in the same order.
+        assert list(p.slots.items()) == list(r[2].items())
+        assert list(p.masters.items()) == list(r[3].items())
+        assert list(p.be_up.items()) == list(r[4].items())
+        assert p.svc_del == r[5] and p.be_del == r[6]
+        assert alloc_state(fast_ids[0]) == alloc_state(ref_ids[0])
+        assert alloc_state(fast_ids[1]) == alloc_state(ref_ids[1])
+        if rnd:
+            assert p.removed and p.changed and len(p.changed) < len(new)   # the test covers all three
+        for fe, (changed, removed) in ((fast_fe, (p.changed, p.removed)), (ref_fe, (r[0], r[1]))):
+            for fk in removed:
+                del fe[fk]
+            fe.update({fk: _State(*v) for fk, v in changed.items()})
+        # Next round: drop some, change some, keep the rest (same objects), add new ones.
+        fronts = [_mutate(rng, f) if rng.random() < 0.3 else f for f in fronts if rng.random() > 0.15]
+        fronts += random_frontends(rng, 30, net=110 + rnd)
+    # Adopted state (frontend None, after an agent restart) is always planned anew.
+    adopted = {fk: _State(None, st.svc, st.be, st.bks) for fk, st in fast_fe.items()}
+    new = lbmap.index_frontends(fronts)
+    p = lbmap.plan_sync(adopted, new, fast_ids[0].copy(), fast_ids[1].copy(), max_slots)
+    r = ref_sync_plan(adopted, new, fast_ids[0].copy(), fast_ids[1].copy(), max_slots)
+    assert len(p.changed) == len(new) and p.changed == r[0]
+    assert (p.removed, p.slots, p.masters, p.be_up, p.svc_del, p.be_del) == r[1:]
+    assert p.svc_up == {**r[2], **r[3]}
+
+
+def test_index_frontends_conflict_and_unknown_protocol():
+    from mesh.errors import ConflictError, DatapathError
+    a = Frontend("10.96.0.1", 80, "TCP", (), 0, "ns/a")
+    with pytest.raises(ConflictError, match="ns/b: 10.96.0.1:80/TCP is already the frontend of service ns/a"):
+        lbmap.index_frontends([a, Frontend("10.96.0.1", 80, "TCP", (), 0, "ns/b")])
+    assert len(lbmap.index_frontends([a, Frontend("10.96.0.1", 80, "UDP")])) == 2
+    with pytest.raises(DatapathError, match="unknown protocol 'ICMP'"):
+        lbmap.index_frontends([Frontend("10.96.0.1", 80, "ICMP")])
