@@ -32,6 +32,7 @@ cleanup() {
   ip netns del "$NODE" 2>/dev/null || true
   cg=$(findmnt -t cgroup2 -n -o TARGET | head -1)
   [ -n "$cg" ] && rmdir "$cg/ostium-demo" 2>/dev/null || true
+  rm -rf /sys/fs/bpf/ostium-demo  # the demo's pinned programs and maps (a real node keeps them)
   rm -rf "$STATE"
 }
 trap cleanup EXIT
@@ -44,7 +45,7 @@ ip netns add "$NODE"; ip -n "$NODE" link set lo up
 
 step "starting the agent (standalone mode, state in $STATE, log in $STATE/agent.log)"
 nsenter --net=/var/run/netns/$NODE "${OSTIUM[@]}" agent --state-dir "$STATE" --netns-prefix demo- \
-  --cgroup-root ostium-demo --log-format text >"$STATE/agent.log" 2>&1 &
+  --cgroup-root ostium-demo --bpf-pin-dir ostium-demo --log-format text >"$STATE/agent.log" 2>&1 &
 AGENT_PID=$!
 for _ in $(seq 100); do "${OSTIUM[@]}" status >/dev/null 2>&1 && break; sleep 0.1; done
 run "${OSTIUM[@]}" status

@@ -39,6 +39,16 @@ def wait_for(cond, timeout: float = 10.0, interval: float = 0.02, what: str = "c
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
 
 
+def _rmdir(path: str) -> bool:
+    try:
+        os.rmdir(path)
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
 class AgentProcess:
     def __init__(self, pod_cidr: str = "10.210.0.0/24", extra_args: list[str] | None = None,
                  tag: str | None = None) -> None:
@@ -167,16 +177,11 @@ class AgentProcess:
                             fh.write("1")
                     except OSError:
                         pass
-                    try:
-                        wait_for(lambda: not open(os.path.join(path, "cgroup.procs")).read().strip(), 5,
-                                 what=f"{path} to empty")
-                        os.rmdir(path)
-                    except (OSError, TimeoutError):
+                    try:  # killed processes take a moment to leave: retry until the cgroup can go
+                        wait_for(lambda p=path: _rmdir(p), 10, what=f"{path} to be removable")
+                    except TimeoutError:
                         pass
-            try:
-                os.rmdir(self.cgroup_root)
-            except OSError:
-                pass
+            _rmdir(self.cgroup_root)
         if os.path.isdir("/var/run/netns"):
             for n in os.listdir("/var/run/netns"):
                 if n.startswith(self.prefix):
