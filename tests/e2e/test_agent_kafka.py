@@ -1,17 +1,15 @@
 """Kafka L7 policy through the whole agent: a Tansu broker runs inside an endpoint (app=kafka), clients run
 inside other endpoints with the real client libraries (kafka-python, aiokafka, confluent-kafka); the eBPF
 datapath hands their flows to the broker's port to the agent's Kafka proxy (bpf_sk_assign), which enforces
-examples/kafka/policy.yaml (+ an apiKey/clientID rule for a "reporter"). Checked as a user notices it: the
-error each library raises, `ostium observe --protocol kafka`, /metrics, and with the Kafka proxy off, Kafka-rule
-flows refused at once instead of reaching the broker unenforced."""
+examples/kafka/policy.yaml (+ an apiKey/clientID rule for a "reporter"), and egress Kafka rules on a client
+through the egress proxy. Checked as a user notices it: the error each library raises, `ostium observe --protocol
+kafka`, /metrics, and with the Kafka proxy off, Kafka-rule flows refused at once instead of reaching the broker
+unenforced."""
 
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
