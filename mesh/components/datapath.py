@@ -159,7 +159,10 @@ class DatapathComponent:
             self.last_error = str(exc)
             log.error("ingress gateway redirect sync failed", extra={"error": str(exc)})
             return
+        added = [t for t in targets if t not in (self._gateway_targets or [])]
         self._gateway_targets = targets
+        if added:
+            await asyncio.to_thread(redirect.close_bypassing_connections, self.agent.config.ingress_source, added)
 
     async def sync_egress_gateway(self, redirects: list) -> int:
         """The egress gateway's redirects (mesh.gateway.resolve.EgressRedirect) → ost_egress_gw."""

@@ -144,6 +144,22 @@ def sync_gateway_ingress(source: str, targets: list[tuple[str, int, int, int]]) 
         raise DatapathError(f"gateway L7 redirect: nft failed ({r.stderr.strip()})")
 
 
+def close_bypassing_connections(source: str, targets: list[tuple[str, int, int, int]]) -> None:
+    """Destroy (SOCK_DESTROY, `ss -K`) the node's established connections from `source` to newly
+    redirected targets that did not go through the proxy: the gateway's pooled upstream connections
+    opened before an ingress L7 rule appeared. Their next packet would be dropped at the backend
+    (PROXY_BYPASS) and fail one request; closed now, the gateway reconnects through the redirect.
+    Proxy upstream sockets (mark 0x1000) are kept. Best effort: without ss or INET_DIAG_DESTROY the
+    drop still keeps them out (fail closed)."""
+    ss = shutil.which("ss")
+    if ss is None:
+        return
+    for ip, lo, hi, _port in targets:
+        _run([ss, "-K", "-t", "state", "established", "src", source, "dst", ip,
+              f"( dport >= :{lo} and dport <= :{hi} )", "!", "fwmark", "=",
+              f"{MARK_PROXY_UPSTREAM:#x}/{MARK_PROXY_UPSTREAM:#x}"])
+
+
 def remove(cfg: RedirectConfig = RedirectConfig()) -> None:
     """Undo install() (uninstall, tests); missing pieces are fine."""
     for mark in (MARK_TO_PROXY, MARK_PROXY_REFUSE):
