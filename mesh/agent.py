@@ -192,6 +192,8 @@ class Agent:
             await self.kafka.start()
             self.stop_hooks.append(self.kafka.stop)
             self.components["kafka"] = self.kafka.status
+        else:
+            self.components["kafka"] = lambda: {"state": "disabled (--no-kafka-proxy): Kafka-rule flows are refused"}
         if self.l7proxy is not None:
             await self.l7proxy.start()
             self.stop_hooks.append(self.l7proxy.stop)

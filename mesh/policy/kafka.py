@@ -92,10 +92,11 @@ ROLE_CONSUME = "consume"
 
 # Cilium's role sets, plus what current clients need (DESIGN.md "Kafka"): InitProducerId under
 # `produce` (only with a null transactional id, checked by the matcher) and OffsetForLeaderEpoch
-# under `consume`.
+# under `consume`; client telemetry (GetTelemetrySubscriptions 71, PushTelemetry 72, KIP-714), which
+# librdkafka 2.x sends on every connection and which names no topic, under both.
 KAFKA_ROLE_API_KEYS: dict[str, frozenset[int]] = {
-    ROLE_PRODUCE: frozenset({0, 3, 18, 22}),
-    ROLE_CONSUME: frozenset({1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 18, 23}),
+    ROLE_PRODUCE: frozenset({0, 3, 18, 22, 71, 72}),
+    ROLE_CONSUME: frozenset({1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 18, 23, 71, 72}),
 }
 
 # Kafka topic names: Cilium's limit (255, for old brokers) and character set.
