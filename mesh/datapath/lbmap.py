@@ -225,9 +225,43 @@ def plan_sync(old: Mapping[FrontendKey, FrontendEntries], new: dict[FrontendKey,
         for bk in st.bks:
             backend_ids.release(bk)
     old_get = old.get
+    rev_known, be_known = rev_ids.ids, backend_ids.ids
+    rev_get, be_get = rev_ids.get, backend_ids.get
+    pack_key, pack_be, pack_port = _BE_KEY.pack, _BE_VAL.pack, _PORT.pack
+    suffix, tail, proto_pad, aton = _SLOT_SUFFIX, _SLOT_VAL_TAIL, _PROTO_PAD, _inet_aton
     for fk, f in new.items():
         st = old_get(fk)
         if st is None:
+            # A frontend that was not there: all of its entries are new. The common shape (every
+            # backend weighs 1, a handful of them) is plan_frontend inlined, writing each entry
+            # into the batch as it is made (a full load is 10,000s of these).
+            backends = f.backends
+            if len(backends) < 1024:
+                for b in backends:
+                    if b.weight != 1:
+                        break
+                else:
+                    rev = rev_known.get(fk) or rev_get(fk)
+                    proto = fk[2]
+                    prefix = aton(f.vip) + pack_port(f.port) + proto_pad[proto]
+                    svc = {}
+                    be = {}
+                    bks = []
+                    slot = 0
+                    for b in backends:
+                        bk = (fk, b.ip, b.port)
+                        bid = be_known.get(bk) or be_get(bk)
+                        bks.append(bk)
+                        bkey = pack_key(bid)
+                        be[bkey] = be_up[bkey] = pack_be(aton(b.ip), pack_port(b.port), proto, 0)
+                        slot += 1
+                        k = prefix + suffix[slot]
+                        svc[k] = slots[k] = bkey + tail
+                    k = prefix + suffix[0]
+                    svc[k] = masters[k] = _SVC_VAL.pack(0, slot, SVC_FLAG_AFFINITY if f.affinity_timeout > 0 else 0,
+                                                        rev, f.affinity_timeout)
+                    changed[fk] = (f, svc, be, bks)
+                    continue
             svc, be, bks = plan_frontend(f, fk, rev_ids, backend_ids, max_slots)
             # plan_frontend puts the master entry last.
             mk = next(reversed(svc))
