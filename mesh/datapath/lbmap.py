@@ -3,12 +3,14 @@ so that affinity records and established sockets' reverse records keep meaning t
 
 from __future__ import annotations
 
+import gc
 import socket
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import reduce
 from math import gcd
-from typing import Iterable, Mapping, Protocol
+from typing import Iterable, Iterator, Mapping, Protocol
 
 from bpf.maps import SVC_FLAG_AFFINITY, BackendId, Lb4Backend, Lb4Key, Lb4Service
 from mesh.errors import ConflictError, DatapathError
@@ -202,6 +204,20 @@ def _is_master(key: bytes) -> bool:
     return key[8:10] == b"\0\0"
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: planning 10,000 frontends makes ~100,000 small
+    containers, none of them in a cycle, and the collections their allocation triggers scan
+    them all again and again for nothing (~15% of a full load). Leaves gc as it found it."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def plan_sync(old: Mapping[FrontendKey, FrontendEntries], new: dict[FrontendKey, Frontend],
               rev_ids: IdAllocator, backend_ids: IdAllocator, max_slots: int = 256) -> SyncPlan:
     """The changes that take the maps from `old` (per-frontend state of what is programmed) to
@@ -210,6 +226,12 @@ def plan_sync(old: Mapping[FrontendKey, FrontendEntries], new: dict[FrontendKey,
     equal) are skipped. Same result as planning each frontend with plan_frontend and diffing
     against its old entries, in bulk: a frontend that did not exist before has nothing to diff
     against, so its entries are taken whole."""
+    with gc_paused():
+        return _plan_sync(old, new, rev_ids, backend_ids, max_slots)
+
+
+def _plan_sync(old: Mapping[FrontendKey, FrontendEntries], new: dict[FrontendKey, Frontend],
+               rev_ids: IdAllocator, backend_ids: IdAllocator, max_slots: int) -> SyncPlan:
     slots: dict[bytes, bytes] = {}
     masters: dict[bytes, bytes] = {}
     be_up: dict[bytes, bytes] = {}

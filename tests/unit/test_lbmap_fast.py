@@ -243,3 +243,73 @@ def test_index_frontends_conflict_and_unknown_protocol():
     assert len(lbmap.index_frontends([a, Frontend("10.96.0.1", 80, "UDP")])) == 2
     with pytest.raises(DatapathError, match="unknown protocol 'ICMP'"):
         lbmap.index_frontends([Frontend("10.96.0.1", 80, "ICMP")])
+
+
+def test_gc_paused_leaves_gc_as_it_found_it():
+    import gc
+    assert gc.isenabled()
+    with lbmap.gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with lbmap.gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+# ---- the real maps (root): batch writes and what sync_services leaves in them ----
+
+@pytest.fixture
+def live_datapath():
+    import os
+    import secrets
+    import shutil
+    import tempfile
+
+    from mesh import kernel
+    from mesh.datapath import Datapath, DatapathConfig
+
+    tag = secrets.token_hex(3)
+    cg = os.path.join(kernel.cgroup2_mount(), f"ostium-test-lbfast-{tag}")
+    tmp = tempfile.mkdtemp(prefix="ostium-test-lbfast-")
+    kernel.mount_bpffs()
+    os.makedirs(cg)
+    dp = Datapath(DatapathConfig(cgroup_root=cg, pin_dir=f"/sys/fs/bpf/ostium-test-lbfast-{tag}",
+                                 build_dir="/tmp/ostium-test-bpf-build"))
+    try:
+        dp.start()
+        yield dp
+    finally:
+        dp.purge()
+        os.rmdir(cg)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.root
+def test_batch_writes_and_synced_maps_hold_what_the_reference_planner_says(live_datapath):
+    from mesh.errors import DatapathError
+
+    dp = live_datapath
+    rng = random.Random(7)
+    fronts = random_frontends(rng, 300)
+    dp.sync_services(fronts)
+    svc_map, be_map = dp._maps["ost_lb4_svc"], dp._maps["ost_lb4_backend"]
+    # What is in the kernel equals the previous planner's full plan with fresh allocators
+    # (sync_services from empty allocates ids in the same order).
+    want_svc, want_be = ref_plan(fronts, IdAllocator(limit=0xFFFF), IdAllocator())
+    assert dict(svc_map.items()) == want_svc
+    assert dict(be_map.items()) == want_be
+    dp.sync_services([])
+    assert not dict(svc_map.items()) and not dict(be_map.items())
+
+    # update_batch_dict / update_batch_raw on the real backend map.
+    entries = {_BE_KEY.pack(i): _BE_VAL.pack(socket.inet_aton(f"10.9.0.{i}"), _PORT.pack(80), 6, 0)
+               for i in range(1, 51)}
+    be_map.update_batch_dict(entries)
+    assert dict(be_map.items()) == entries
+    with pytest.raises(DatapathError, match="not 2 entries of 4\\+8 bytes"):
+        be_map.update_batch_raw(b"\0" * 8, b"\0" * 15, 2)
+    be_map.delete_many(list(entries))
