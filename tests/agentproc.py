@@ -86,7 +86,7 @@ class AgentProcess:
         env.pop("OSTIUM_CONFIG", None)
         return env
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
+    def wait_ready(self, timeout: float = 60.0) -> None:
         def ready():
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited with {self.proc.returncode}: {self.log_tail()}")
