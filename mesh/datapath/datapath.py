@@ -502,42 +502,19 @@ class Datapath:
         is written; a failure half-way is rolled back."""
         self._require_started()
         frontends = list(frontends)
-        with self._lock:
+        # gc_paused: the ~100,000 acyclic containers of a full load would trigger collections
+        # that rescan them (and the whole heap) many times over for nothing.
+        with self._lock, lbmap.gc_paused():
             t0 = time.perf_counter()
             new = lbmap.index_frontends(frontends)
             rev_ids, be_ids = self._rev_ids.copy(), self._backend_ids.copy()
-            svc_up: dict[bytes, bytes] = {}
-            be_up: dict[bytes, bytes] = {}
-            svc_del: list[bytes] = []
-            be_del: list[bytes] = []
-            new_fe: dict[lbmap.FrontendKey, _FrontendState] = {}
-            removed = [fk for fk in self._fe if fk not in new]
-            for fk in removed:
-                old = self._fe[fk]
-                svc_del.extend(old.svc)
-                be_del.extend(old.be)
-                rev_ids.release(fk)
-                for bk in old.bks:
-                    be_ids.release(bk)
-            for fk, f in new.items():
-                old = self._fe.get(fk)
-                if old is not None and old.frontend is not None and (old.frontend is f or old.frontend == f):
-                    continue
-                svc, be, bks = lbmap.plan_frontend(f, fk, rev_ids, be_ids, self.config.max_slots_per_service)
-                old_svc, old_be = (old.svc, old.be) if old else ({}, {})
-                svc_up.update((k, v) for k, v in svc.items() if old_svc.get(k) != v)
-                be_up.update((k, v) for k, v in be.items() if old_be.get(k) != v)
-                svc_del.extend(k for k in old_svc if k not in svc)
-                be_del.extend(k for k in old_be if k not in be)
-                if old:
-                    for bk in set(old.bks) - set(bks):
-                        be_ids.release(bk)
-                new_fe[fk] = _FrontendState(f, svc, be, bks)
+            plan = lbmap.plan_sync(self._fe, new, rev_ids, be_ids, self.config.max_slots_per_service)
+            removed, slots, masters, be_up = plan.removed, plan.slots, plan.masters, plan.be_up
             svc_map, be_map = self._maps["ost_lb4_svc"], self._maps["ost_lb4_backend"]
-            svc_new = sum(1 for k in svc_up if k not in self._svc)
-            be_new = sum(1 for k in be_up if k not in self._backends)
-            self._check_capacity(svc_map, len(self._svc) + svc_new - len(svc_del))
-            self._check_capacity(be_map, len(self._backends) + be_new - len(be_del))
+            svc_new = len(slots.keys() - self._svc.keys()) + len(masters.keys() - self._svc.keys())
+            be_new = len(be_up.keys() - self._backends.keys())
+            self._check_capacity(svc_map, len(self._svc) + svc_new - len(plan.svc_del))
+            self._check_capacity(be_map, len(self._backends) + be_new - len(plan.be_del))
             t1 = time.perf_counter()
             if (len(self._svc) + svc_new > svc_map.info.max_entries
                     or len(self._backends) + be_new > be_map.info.max_entries):
@@ -553,8 +530,6 @@ class Datapath:
                         self._backends.pop(k, None)
             # Backends before the slots naming them, slots before the master entry counting them.
             self._apply(be_map, be_up, [], self._backends)
-            slots = {k: v for k, v in svc_up.items() if k[8:10] != b"\0\0"}
-            masters = {k: v for k, v in svc_up.items() if k[8:10] == b"\0\0"}
             try:
                 self._apply(svc_map, slots, [], self._svc)
                 self._apply(svc_map, masters, [], self._svc)
@@ -565,13 +540,14 @@ class Datapath:
                             [k for k in be_up if k not in self._backends], {})
                 raise
             # Removal in the reverse order: master entries first, so no lookup finds a hole.
-            svc_del = [k for k in svc_del if k in self._svc]
+            svc_del = [k for k in plan.svc_del if k in self._svc]
             svc_del.sort(key=lambda k: k[8:10] != b"\0\0")
             svc_map.delete_many(svc_del)
-            be_del = [k for k in be_del if k in self._backends]
+            be_del = [k for k in plan.be_del if k in self._backends]
             be_map.delete_many(be_del)
             t2 = time.perf_counter()
-            self._svc.update(svc_up)
+            self._svc.update(slots)
+            self._svc.update(masters)
             for k in svc_del:
                 self._svc.pop(k, None)
             self._backends.update(be_up)
@@ -579,12 +555,12 @@ class Datapath:
                 self._backends.pop(k, None)
             for fk in removed:
                 del self._fe[fk]
-            self._fe.update(new_fe)
+            self._fe.update({fk: _FrontendState(*v) for fk, v in plan.changed.items()})
             self._rev_ids, self._backend_ids = rev_ids, be_ids
             self._frontends = frontends
-            return {"frontends": len(frontends), "changed": len(new_fe), "removed": len(removed),
+            return {"frontends": len(frontends), "changed": len(plan.changed), "removed": len(removed),
                     "service_entries": len(self._svc), "backends": len(self._backends),
-                    "written": len(svc_up) + len(be_up), "deleted": len(svc_del) + len(be_del),
+                    "written": len(slots) + len(masters) + len(be_up), "deleted": len(svc_del) + len(be_del),
                     "plan_ms": round((t1 - t0) * 1000, 2), "write_ms": round((t2 - t1) * 1000, 2)}
 
     def frontends(self) -> list[Frontend]:
@@ -616,7 +592,7 @@ class Datapath:
                     raise
             else:
                 try:
-                    m.update_batch(list(upserts.items()))
+                    m.update_batch_dict(upserts)
                 except DatapathError:
                     for k in upserts:
                         if k in old:
