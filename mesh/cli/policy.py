@@ -136,10 +136,23 @@ def validate_cmd(args) -> int:
     return 0
 
 
+POLICY_KIND_NAMES = ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "NetworkPolicy",
+                     "ClusterwideNetworkPolicy")
+
+
 def apply_cmd(args) -> int:
     from mesh.api.client import APIClient
+    from mesh.errors import ValidationError
+    from mesh.manifests import load_documents
 
-    docs, _parsed = _load_policies(args.filename)
+    # The agent validates every document before anything changes (same messages); only the kind is
+    # checked here, so a large policy file is not parsed twice.
+    stdin = sys.stdin.read() if "-" in args.filename else None
+    docs = load_documents(args.filename, stdin_text=stdin)
+    for d in docs:
+        if d.kind not in POLICY_KIND_NAMES:
+            raise ValidationError(f"{d.kind or 'a document without kind'} is not a policy kind (use `ostium apply`)",
+                                  path="kind", document=d.ref)
     if not docs:
         print("no documents found", file=sys.stderr)
         return 0
