@@ -56,12 +56,11 @@ class Meta:
 # ---- Secret ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class TLSSecret:
-    meta: Meta
-    type: str
-    cert_pem: str      # decoded tls.crt ("" when missing)
-    key_pem: str       # decoded tls.key
+class _HasMeta:
+    """`name` and `namespace` of the objects that carry a Meta."""
+
+    __slots__ = ()
+    meta: "Meta"
 
     @property
     def name(self) -> str:
@@ -70,6 +69,14 @@ class TLSSecret:
     @property
     def namespace(self) -> str:
         return self.meta.namespace
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSecret(_HasMeta):
+    meta: Meta
+    type: str
+    cert_pem: str      # decoded tls.crt ("" when missing)
+    key_pem: str       # decoded tls.key
 
 
 # ---- Gateway API -------------------------------------------------------------------------------
@@ -95,18 +102,10 @@ class GatewayListener:
 
 
 @dataclass(frozen=True, slots=True)
-class Gateway:
+class Gateway(_HasMeta):
     meta: Meta
     gateway_class: str
     listeners: tuple[GatewayListener, ...]
-
-    @property
-    def name(self) -> str:
-        return self.meta.name
-
-    @property
-    def namespace(self) -> str:
-        return self.meta.namespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +223,7 @@ class GRPCRouteRule:
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
+class Route(_HasMeta):
     """An HTTPRoute or a GRPCRoute (`kind` says which; `rules` hold that kind's rules)."""
 
     kind: str
@@ -232,14 +231,6 @@ class Route:
     parent_refs: tuple[ParentRef, ...]
     hostnames: tuple[str, ...]
     rules: tuple[HTTPRouteRule | GRPCRouteRule, ...]
-
-    @property
-    def name(self) -> str:
-        return self.meta.name
-
-    @property
-    def namespace(self) -> str:
-        return self.meta.namespace
 
 
 # ---- Ingress -----------------------------------------------------------------------------------
@@ -272,20 +263,12 @@ class IngressTLS:
 
 
 @dataclass(frozen=True, slots=True)
-class Ingress:
+class Ingress(_HasMeta):
     meta: Meta
     ingress_class: str
     default_backend: IngressBackend | None
     rules: tuple[IngressRule, ...]
     tls: tuple[IngressTLS, ...]
-
-    @property
-    def name(self) -> str:
-        return self.meta.name
-
-    @property
-    def namespace(self) -> str:
-        return self.meta.namespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +305,7 @@ class EgressHTTPRule:
 
 
 @dataclass(frozen=True, slots=True)
-class EgressGatewayPolicy:
+class EgressGatewayPolicy(_HasMeta):
     meta: Meta
     selectors: tuple[EndpointSelector, ...]
     destination_cidrs: tuple[str, ...]
@@ -330,14 +313,6 @@ class EgressGatewayPolicy:
     egress_ip: str = ""
     interface: str = ""
     http: tuple[EgressHTTPRule, ...] | None = None   # None: plain TCP, no L7 rules
-
-    @property
-    def name(self) -> str:
-        return self.meta.name
-
-    @property
-    def namespace(self) -> str:
-        return self.meta.namespace
 
 
 @dataclass(frozen=True, slots=True)
