@@ -91,25 +91,6 @@ def _is_local(ip: str) -> bool:
             return False
 
 
-def _host_device_addresses() -> set[str]:
-    import subprocess
-
-    from mesh.endpoints.plumbing import HOST_DEVICE
-
-    out = subprocess.run(["ip", "-o", "-4", "addr", "show", "dev", HOST_DEVICE], capture_output=True, text=True,
-                         timeout=10).stdout
-    return {f.split("/")[0] for line in out.splitlines() for i, f in enumerate(line.split())
-            if i > 0 and line.split()[i - 1] == "inet"}
-
-
-def _del_node_address(ip: str) -> None:
-    import subprocess
-
-    from mesh.endpoints.plumbing import HOST_DEVICE
-
-    subprocess.run(["ip", "addr", "del", f"{ip}/32", "dev", HOST_DEVICE], capture_output=True, timeout=10)
-
-
 class GatewayComponent:
     def __init__(self, agent: "Agent", settings: GatewaySettings | None = None,
                  interface_ip: Callable[[str], str | None] = interface_ipv4) -> None:
@@ -216,14 +197,15 @@ class GatewayComponent:
             cfg = self.agent.config
             reserved = {cfg.router, cfg.ingress_source}
             for ip in sorted(want - self._egress_ips - reserved):
-                if ip in await asyncio.to_thread(_host_device_addresses):
+                if plumbing is not None and ip in await asyncio.to_thread(plumbing.node_addresses):
                     self._egress_ips.add(ip)  # added by an earlier agent run: ours to remove later
                 elif plumbing is not None and not _is_local(ip):
                     await asyncio.to_thread(plumbing.add_node_address, ip)
                     self._egress_ips.add(ip)
             await dp.sync_egress_gateway(list(res.egress_redirects))
             for ip in sorted(self._egress_ips - want):
-                await asyncio.to_thread(_del_node_address, ip)
+                if plumbing is not None:
+                    await asyncio.to_thread(plumbing.del_node_address, ip)
                 self._egress_ips.discard(ip)
             self.datapath_error = ""
         except Exception as exc:  # noqa: BLE001 - reported in status; the Envoy half still goes out

@@ -88,11 +88,20 @@ class Plumbing:
             _run(["ip", "addr", "add", f"{self.router_ip}/32", "dev", HOST_DEVICE])
         kernel.sysctl_set("net.ipv4.ip_forward", "1")
 
+    def node_addresses(self) -> set[str]:
+        """The IPv4 addresses on the node device (router, gateway sources, egress IPs)."""
+        out = _run(["ip", "-o", "-4", "addr", "show", "dev", HOST_DEVICE], check=False).stdout
+        return {parts[parts.index("inet") + 1].split("/")[0] for parts in (line.split() for line in out.splitlines())
+                if "inet" in parts}
+
     def add_node_address(self, ip: str) -> None:
         """An extra local address of the node (e.g. the source of gateway traffic); idempotent."""
-        have = _run(["ip", "-o", "-4", "addr", "show", "dev", HOST_DEVICE]).stdout
-        if f" {ip}/" not in have:
+        if ip not in self.node_addresses():
             _run(["ip", "addr", "add", f"{ip}/32", "dev", HOST_DEVICE])
+
+    def del_node_address(self, ip: str) -> None:
+        """Remove an address add_node_address added; tolerant of it being gone already."""
+        _run(["ip", "addr", "del", f"{ip}/32", "dev", HOST_DEVICE], check=False)
 
     def teardown_node(self) -> None:
         _run(["ip", "link", "del", HOST_DEVICE], check=False)
