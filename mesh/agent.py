@@ -380,7 +380,7 @@ class Agent:
                         await self._restore(p, before)
                     except Exception:  # keep reverting the rest
                         log.exception("revert failed", extra={"object": f"{p.kind} {p.namespace}/{p.name}"})
-                if isinstance(exc, OstiumError) and isinstance(exc, ValidationError) and not exc.document:
+                if isinstance(exc, ValidationError) and not exc.document:
                     raise exc.with_document(p.doc.ref) from None
                 raise
             return results

@@ -8,7 +8,7 @@ import ipaddress
 import logging
 import os
 from dataclasses import replace
-from typing import Callable, Iterable
+from typing import Iterable
 
 from mesh.endpoints.model import Endpoint, EndpointSpec
 from mesh.endpoints.plumbing import Plumbing
@@ -29,7 +29,6 @@ class EndpointManager:
         self.plumbing = plumbing
         self.log_dir = log_dir
         self._endpoints: dict[str, Endpoint] = {}
-        self.listeners: list[Callable[[str, Endpoint], None]] = []  # (event, endpoint): created/updated/deleted
         for _ns, _name, body in store.list(KIND):
             ep = Endpoint.from_json(body)
             self._endpoints[ep.key] = ep
@@ -130,7 +129,6 @@ class EndpointManager:
             self.ipam.release(ip, spec.key)
             raise
         self._endpoints[ep.key] = ep
-        self._notify("created", ep)
         log.info("endpoint created", extra={"endpoint": f"{ep.namespace}/{ep.name}", "ip": ep.ip, "id": ep.id})
         return ep
 
@@ -143,7 +141,6 @@ class EndpointManager:
             return cur, False
         cur.spec = new_spec
         self._save(cur)
-        self._notify("updated", cur)
         return cur, True
 
     def delete(self, namespace: str, name: str) -> Endpoint:
@@ -154,7 +151,6 @@ class EndpointManager:
             self.ipam.release(ep.ip, ep.key)
             self.store.delete(KIND, ep.namespace, ep.name)
         del self._endpoints[ep.key]
-        self._notify("deleted", ep)
         log.info("endpoint deleted", extra={"endpoint": f"{ep.namespace}/{ep.name}"})
         return ep
 
@@ -202,7 +198,3 @@ class EndpointManager:
 
     def _save(self, ep: Endpoint) -> None:
         self.store.put(KIND, ep.namespace, ep.name, ep.to_json())
-
-    def _notify(self, event: str, ep: Endpoint) -> None:
-        for fn in self.listeners:
-            fn(event, ep)
