@@ -70,26 +70,16 @@ class DatapathComponent:
         from mesh.datapath.events import event_record
 
         assert self.hub is not None
-        loop = asyncio.get_running_loop()
-        rb = self.dp.event_reader()
-        ready = asyncio.Event()
-        loop.add_reader(rb.epoll_fd, ready.set)
         try:
-            while True:
-                for raw in rb.consume():
-                    for sink in self.raw_sinks:
-                        sink(raw)
-                    if self.hub.has_subscribers():
-                        self.hub.publish(event_record(Event.unpack(raw), self.hub.resolve))
-                await ready.wait()
-                ready.clear()
+            async for raw in self.dp.raw_events():
+                for sink in self.raw_sinks:
+                    sink(raw)
+                if self.hub.has_subscribers():
+                    self.hub.publish(event_record(Event.unpack(raw), self.hub.resolve))
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("datapath event reader stopped")
-        finally:
-            loop.remove_reader(rb.epoll_fd)
-            rb.close()
 
     async def reconcile(self) -> None:
         """After the agent's endpoints are reconciled: detach what the agent no longer knows."""

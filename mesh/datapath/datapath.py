@@ -610,9 +610,9 @@ class Datapath:
         self._require_started()
         return loader.RingBuffer(self.bpf, self._maps["ost_events"].fd)
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Trace and drop events as they happen. One consumer per Datapath (the ring has one
-        read position); the agent fans them out to API clients."""
+    async def raw_events(self) -> AsyncIterator[bytes]:
+        """Raw trace/drop records as they happen (the flow observer decodes only what it needs).
+        One consumer per Datapath (the ring has one read position); the agent fans them out."""
         rb = self.event_reader()
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
@@ -621,12 +621,17 @@ class Datapath:
         try:
             while True:
                 for raw in rb.consume():
-                    yield Event.unpack(raw)
+                    yield raw
                 await ready.wait()
                 ready.clear()
         finally:
             loop.remove_reader(fd)
             rb.close()
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Decoded trace and drop events (see raw_events)."""
+        async for raw in self.raw_events():
+            yield Event.unpack(raw)
 
     # ---- introspection ----
     def maps_info(self) -> list[dict[str, Any]]:
