@@ -21,9 +21,10 @@ RBAC_METADATA_KEY = "envoy.filters.http.rbac"
 _PROTOCOLS = {0: "", 1: "HTTP/1.0", 2: "HTTP/1.1", 3: "HTTP/2", 4: "HTTP/3"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class L7Record:
-    """One HTTP/gRPC request as Envoy saw it."""
+    """One HTTP/gRPC request as Envoy saw it. Treat as immutable (not frozen: one is built per proxied
+    request and a frozen dataclass's __init__ costs several times more)."""
 
     time: float                         # request start, Unix seconds
     node_id: str
@@ -71,8 +72,9 @@ def _join(ip: str, port: int) -> str:
 
 
 def _addr(address) -> tuple[str, int]:
-    if address.HasField("socket_address"):
-        return address.socket_address.address, address.socket_address.port_value
+    sa = address.socket_address           # an unset submessage reads as its defaults: no HasField needed
+    if sa.address:
+        return sa.address, sa.port_value
     if address.HasField("pipe"):
         return address.pipe.path, 0
     return "", 0
@@ -82,50 +84,61 @@ def _ms(duration) -> float:
     return duration.seconds * 1000.0 + duration.nanos / 1e6
 
 
-def record_from_entry(entry, node_id: str = "", log_name: str = "") -> L7Record:
-    """An envoy.data.accesslog.v3.HTTPAccessLogEntry → L7Record (pure)."""
+def record_from_entry(entry, node_id: str = "", log_name: str = "",
+                      tags: Mapping[str, str] | None = None) -> L7Record:
+    """An envoy.data.accesslog.v3.HTTPAccessLogEntry → L7Record (pure). Runs once per proxied request:
+    every protobuf field read counts, so unset parts are tested once and skipped. `tags`: the entry's
+    custom tags when the caller already has them (they are literals of the access-log config, the same
+    for every entry of one stream); copying a protobuf map costs microseconds."""
     common, req, resp = entry.common_properties, entry.request, entry.response
     src_ip, src_port = _addr(common.downstream_remote_address)
     dst_ip, dst_port = _addr(common.downstream_local_address)
     up_ip, up_port = _addr(common.upstream_remote_address)
-    flags = tuple(sorted(f.name for f, v in common.response_flags.ListFields() if v is True))
+    flags = (tuple(sorted(f.name for f, v in common.response_flags.ListFields() if v is True))
+             if common.HasField("response_flags") else ())
     if common.HasField("duration"):
         duration = _ms(common.duration)
     elif common.HasField("time_to_last_downstream_tx_byte"):
         duration = _ms(common.time_to_last_downstream_tx_byte)
     else:
         duration = 0.0
-    grpc_raw = resp.response_trailers.get("grpc-status") or resp.response_headers.get("grpc-status")
+    grpc_raw = grpc_message = None
+    trailers, headers = resp.response_trailers, resp.response_headers
+    if trailers:
+        grpc_raw, grpc_message = trailers.get("grpc-status"), trailers.get("grpc-message")
+    if headers:
+        grpc_raw = grpc_raw or headers.get("grpc-status")
+        grpc_message = grpc_message or headers.get("grpc-message")
     grpc_status = int(grpc_raw) if grpc_raw and grpc_raw.isdigit() else None
-    grpc_message = (resp.response_trailers.get("grpc-message")
-                    or resp.response_headers.get("grpc-message") or "")
     details = resp.response_code_details
     rbac_denied = details.startswith("rbac_access_denied")
-    if not rbac_denied and RBAC_METADATA_KEY in common.metadata.filter_metadata:
-        md = common.metadata.filter_metadata[RBAC_METADATA_KEY]
-        rbac_denied = md.fields.get("enforced_engine_result") is not None and \
-            md.fields["enforced_engine_result"].string_value == "denied"
+    if not rbac_denied and common.HasField("metadata"):
+        fm = common.metadata.filter_metadata
+        if RBAC_METADATA_KEY in fm:
+            md = fm[RBAC_METADATA_KEY]
+            rbac_denied = md.fields.get("enforced_engine_result") is not None and \
+                md.fields["enforced_engine_result"].string_value == "denied"
     start = common.start_time.seconds + common.start_time.nanos / 1e9
+    method = req.request_method
+    req_headers = req.request_headers
     return L7Record(
-        time=start, node_id=node_id, log_name=log_name,
-        source_ip=src_ip, source_port=src_port, destination_ip=dst_ip, destination_port=dst_port,
-        method=req.request_method and _method_name(req.request_method),
-        authority=req.authority, path=req.path,
-        protocol=_PROTOCOLS.get(entry.protocol_version, ""),
-        response_code=resp.response_code.value, response_code_details=details,
-        response_flags=flags, duration_ms=round(duration, 3),
-        grpc_status=grpc_status, grpc_message=grpc_message,
-        upstream_cluster=common.upstream_cluster,
-        upstream_address=_join(up_ip, up_port) if up_ip else "",
-        route_name=common.route_name, rbac_denied=rbac_denied,
-        content_type=req.request_headers.get("content-type", ""),
-        tags=dict(common.custom_tags))
+        start, node_id, log_name, src_ip, src_port, dst_ip, dst_port,
+        _METHODS.get(method) or _method_name(method) if method else "",
+        req.authority, req.path, _PROTOCOLS.get(entry.protocol_version, ""),
+        resp.response_code.value, details, flags, round(duration, 3), grpc_status, grpc_message or "",
+        common.upstream_cluster, _join(up_ip, up_port) if up_ip else "", common.route_name, rbac_denied,
+        req_headers.get("content-type", "") if req_headers else "",
+        tags if tags is not None else dict(common.custom_tags))
+
+
+_METHODS: dict[int, str] = {}
 
 
 def _method_name(value: int) -> str:
     from envoy.config.core.v3 import base_pb2
 
-    return base_pb2.RequestMethod.Name(value)
+    name = _METHODS[value] = base_pb2.RequestMethod.Name(value)
+    return name
 
 
 Callback = Callable[[L7Record], "None | Awaitable[None]"]
@@ -183,18 +196,33 @@ class _Servicer:
     async def StreamAccessLogs(self, request_iterator, context):  # noqa: N802
         from envoy.service.accesslog.v3 import als_pb2
 
+        r = self._r
         node_id = log_name = ""
+        # Custom tags are literals of the access-log config: one stream carries one config's entries
+        # (Envoy keys its gRPC loggers by config), so they are copied once per stream and shared.
+        tags: dict[str, str] | None = None
+        sync = not inspect.iscoroutinefunction(r._callback)
         async for msg in request_iterator:
             if msg.HasField("identifier"):
                 node_id, log_name = msg.identifier.node.id, msg.identifier.log_name
             for entry in msg.http_logs.log_entry:
                 try:
-                    record = record_from_entry(entry, node_id, log_name)
+                    if tags is None:
+                        tags = dict(entry.common_properties.custom_tags)
+                    record = record_from_entry(entry, node_id, log_name, tags)
                 except Exception:
-                    self._r.errors += 1
+                    r.errors += 1
                     log.exception("cannot decode an access log entry")
                     continue
-                await self._r._deliver(record)
+                if sync:
+                    r.received += 1
+                    try:
+                        r._callback(record)
+                    except Exception:  # a consumer bug must not kill Envoy's log stream
+                        r.errors += 1
+                        log.exception("access log callback failed")
+                else:
+                    await r._deliver(record)
         return als_pb2.StreamAccessLogsResponse()
 
 

@@ -24,6 +24,7 @@ import socket
 import struct
 import time
 import uuid as uuidlib
+from collections.abc import Mapping as _Mapping
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
@@ -149,6 +150,7 @@ class Observer:
         self.seen = 0                               # flows ever ingested; next sequence number
         self._subs: list[Subscription] = []
         self._meta_cache: dict[tuple[Any, int], EndpointMeta] = {}
+        self._svc_cache: dict[tuple[str, int], Any] = {}    # (ip, port) -> Service | None
         self._export_pending: list[tuple] = []
         # Stable per-flow UUIDs for slots: a random per-observer prefix + the sequence number.
         u = str(uuidlib.uuid4())
@@ -171,6 +173,7 @@ class Observer:
     def invalidate_enrichment(self) -> None:
         """Forget cached endpoint/identity lookups: call after endpoints or identities change."""
         self._meta_cache.clear()
+        self._svc_cache.clear()
 
     def _meta(self, ip: Any, identity: int) -> EndpointMeta:
         key = (ip, identity)
@@ -241,8 +244,26 @@ class Observer:
         self._store((self.seen, flow.time, flow, None, None))
 
     def ingest_http_record(self, rec: Any) -> Flow:
-        flow = flow_from_http_record(rec, self.enricher)
-        self.ingest_flow(flow)
+        """One Envoy access-log record (xdsserver.als.L7Record, or a mapping with its fields). Runs once
+        per proxied request, so the enrichment of both sides and the destination's service come from
+        the observer's caches (cleared by invalidate_enrichment and every enrichment_ttl)."""
+        if isinstance(rec, _Mapping):
+            flow = flow_from_http_record(rec, self.enricher)
+        else:
+            sip, dip = rec.source_ip, rec.destination_ip
+            cache = self._meta_cache
+            sm = cache.get((sip, 0)) or self._meta(sip, 0)
+            dm = cache.get((dip, 0)) or self._meta(dip, 0)
+            skey = (dip, rec.destination_port)
+            svc = self._svc_cache.get(skey, False)
+            if svc is False:
+                if len(self._svc_cache) >= _ENRICH_CACHE_MAX:
+                    self._svc_cache.clear()
+                svc = self._svc_cache[skey] = self.enricher.service(dip, rec.destination_port)
+            flow = flow_from_http_record(rec, self.enricher, metas=(sm, dm), destination_service=svc,
+                                         uuid=f"{self._uuid_prefix}{self.seen:012x}")
+        self._count_l7(flow)
+        self._store((self.seen, flow.time, flow, None, None))
         return flow
 
     def ingest_kafka_record(self, rec: Any) -> Flow:
@@ -411,6 +432,7 @@ class Observer:
             now = time.monotonic()
             if now - last_clear >= enrichment_ttl:
                 self._meta_cache.clear()
+                self._svc_cache.clear()
                 last_clear = now
             if now - last_sync >= 60:
                 self.resync_clock()
