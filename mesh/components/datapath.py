@@ -39,6 +39,7 @@ class DatapathComponent:
         self.hub = None
         self._tasks: list[asyncio.Task] = []
         self.applied_revision = 0
+        self._service_index: dict[tuple[str, int], tuple[str, str]] | None = None
         self.last_error = ""
         self.start_report: dict[str, Any] = {}
         self.sync_errors = 0
@@ -188,7 +189,21 @@ class DatapathComponent:
         from mesh.services.resolve import candidate_from_endpoint, resolve_all
 
         frontends = resolve_all(self.services(), [candidate_from_endpoint(e) for e in self.agent.endpoints.list()])
-        await asyncio.to_thread(self.dp.sync_services, frontends)
+        try:
+            await asyncio.to_thread(self.dp.sync_services, frontends)
+        finally:
+            self._service_index = None
+
+    def service_index(self) -> dict[tuple[str, int], tuple[str, str]]:
+        """(VIP, port) → (namespace, name) of the service, for flow enrichment (asked per flow read)."""
+        index = self._service_index
+        if index is None:
+            index = {}
+            for f in self.dp.frontends():
+                ns, _, name = f.service.partition("/")
+                index.setdefault((f.vip, f.port), (ns, name))
+            self._service_index = index
+        return index
 
     def validate_services(self, items: list[Parsed]) -> None:
         from mesh.services.manifest import check_vip_conflicts

@@ -108,11 +108,7 @@ class FlowsComponent:
     def _service_by_ip_port(self, ip: str, port: int):
         if self.agent.datapath is None:
             return None
-        for f in self.agent.datapath.dp.frontends():
-            if f.vip == ip and f.port == port:
-                ns, _, name = f.service.partition("/")
-                return (ns, name)
-        return None
+        return self.agent.datapath.service_index().get((ip, port))
 
     def _envoy_admin_url(self):
         st = self.agent.l7proxy.proxy.status().get("envoy", {})
