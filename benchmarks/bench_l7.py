@@ -308,8 +308,8 @@ while True:
 
 def apply_to_enforced(a: AgentProcess, web: str, text: str, probe: str, via_cli: bool) -> float:
     """ms from the start of the apply to the first request on `probe` that Envoy no longer denies."""
-    from mesh.api.client import APIClient
-    from mesh.manifests import load_documents
+    from mesh.cli.policy import apply_policies
+    from mesh.manifest_sources import read_sources
 
     prober = subprocess.Popen(a.raw_argv("bench.client", PYTHON, "-c", PROBER, web, probe), stdout=subprocess.PIPE,
                               text=True)
@@ -324,16 +324,16 @@ def apply_to_enforced(a: AgentProcess, web: str, text: str, probe: str, via_cli:
             path = os.path.join(a.state_dir, "bench-policy.yaml")
             Path(path).write_text(text)
             t0 = time.time()
-            docs = load_documents([path])  # as the CLI does: the agent validates before it applies
+            sources = read_sources([path])  # as `ostium policy apply` does: the agent parses and validates
             t_parsed = time.time()
-            APIClient(a.socket).post("/v1/apply", {"documents": [d.to_json() for d in docs]})
+            apply_policies(a.socket, sources)
             t_answered = time.time()
         line = prober.stdout.readline().split()  # type: ignore[union-attr]
         t1, status = float(line[0]), line[1]
         if status != "404":
             raise RuntimeError(f"prober saw {status}")
         if not via_cli:
-            print(f"  apply at {RULES} rules: client load {(t_parsed - t0) * 1000:.0f} ms, API call "
+            print(f"  apply at {RULES} rules: client read {(t_parsed - t0) * 1000:.0f} ms, API call "
                   f"{(t_answered - t_parsed) * 1000:.0f} ms, answer → enforced {(t1 - t_answered) * 1000:.0f} ms",
                   file=sys.stderr)
         return (t1 - t0) * 1000

@@ -17,15 +17,48 @@ from mesh.errors import OstiumError
 PLUGIN_MODULES = ("endpoint", "manifest", "agent_cmd", "status", "policy", "identity", "service", "bpf",
                   "monitor", "kafka", "observe", "gateway")
 
+# Command word (and alias) → the module that registers it. A command line naming one of these imports only
+# that module: `ostium policy apply` then starts without the agent's config model, the flow filters, ...
+# (tests/unit/test_cli_main.py checks this table against what the modules register).
+COMMAND_MODULES = {
+    "endpoint": "endpoint", "ep": "endpoint", "apply": "manifest", "delete": "manifest", "agent": "agent_cmd",
+    "status": "status", "policy": "policy", "identity": "identity", "id": "identity", "service": "service",
+    "svc": "service", "bpf": "bpf", "monitor": "monitor", "kafka": "kafka", "observe": "observe",
+    "gateway": "gateway", "gw": "gateway",
+}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def command_word(argv: list[str]) -> str | None:
+    """The COMMAND of `ostium [--socket PATH] COMMAND ...`, or None (none given, or --help first)."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--socket":
+            i += 2
+            continue
+        if arg.startswith("--socket="):
+            i += 1
+            continue
+        return None if arg.startswith("-") else arg
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `ostium` parser; given the command line, only the module of the command it names is imported
+    (all of them for `ostium --help`, no command, or an unknown one, so help and errors list every noun)."""
     parser = argparse.ArgumentParser(prog="ostium", description="Ostium: a sidecar-less, identity-aware service mesh.")
     parser.add_argument("--socket", default=os.environ.get("OSTIUM_SOCKET", "/var/run/ostium/ostium.sock"),
                         help="agent API unix socket (env OSTIUM_SOCKET)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda args: print(f"ostium {__import__('mesh').__version__}") or 0)
-    for name in PLUGIN_MODULES:
+    word = command_word(argv) if argv is not None else None
+    modules = PLUGIN_MODULES
+    if word in COMMAND_MODULES:
+        modules = (COMMAND_MODULES[word],)
+    elif word == "version":
+        modules = ()
+    for name in modules:
         try:
             mod = importlib.import_module(f"mesh.cli.{name}")
         except ModuleNotFoundError as exc:
@@ -37,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

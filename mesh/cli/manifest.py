@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from mesh.api.client import APIClient
 from mesh.cli.output import add_output_flag, emit
 
 
@@ -21,9 +20,7 @@ def register(sub) -> None:
 
 
 def _load(args, allow_duplicates: bool = False, validate: bool = True):
-    """Read the documents (YAML errors are reported here, with file and line). Full validation happens
-    locally only when asked: the agent validates every document anyway before changing anything, with the
-    same messages, and doing it twice costs a large policy file ~150 ms of CLI time."""
+    """Read and parse the documents here (--dry-run, delete); YAML errors name the file and line."""
     from mesh.manifests import load_documents, parse_documents
 
     stdin = sys.stdin.read() if "-" in args.filename else None
@@ -43,20 +40,36 @@ def _print(results, fmt: str) -> None:
 
 
 def apply(args) -> int:
-    docs = _load(args, validate=args.dry_run)
     if args.dry_run:
+        docs = _load(args, validate=True)
         _print([{"kind": d.kind, "namespace": "", "name": (d.body.get("metadata") or {}).get("name", ""),
                  "action": "valid (dry run)"} for d in docs], args.output)
         return 0
-    if not docs:
+    from mesh.api.client import APIClient
+    from mesh.errors import AgentError
+    from mesh.manifest_sources import read_sources
+    from mesh.manifests import documents_from_sources
+
+    # The text goes to the agent, which parses and validates it once (same messages as here).
+    stdin = sys.stdin.read() if "-" in args.filename else None
+    sources = read_sources(args.filename, stdin_text=stdin)
+    try:
+        out = APIClient(args.socket).post("/v1/apply", {"sources": [{"source": s, "text": t} for s, t in sources]})
+    except AgentError:
+        if not documents_from_sources(sources):  # a YAML error is reported as such without an agent too
+            print("no documents found", file=sys.stderr)
+            return 0
+        raise
+    if not out["results"]:
         print("no documents found", file=sys.stderr)
         return 0
-    out = APIClient(args.socket).post("/v1/apply", {"documents": [d.to_json() for d in docs]})
     _print(out["results"], args.output)
     return 0
 
 
 def delete(args) -> int:
+    from mesh.api.client import APIClient
+
     docs = _load(args, allow_duplicates=True)
     out = APIClient(args.socket).post("/v1/delete", {"documents": [d.to_json() for d in docs]})
     _print(out["results"], args.output)

@@ -3,6 +3,9 @@
 trace and validate work offline on files; trace without -f/--endpoints, and apply/get/delete, talk
 to the agent: POST /v1/policy/trace, POST /v1/apply, GET /v1/policies,
 DELETE /v1/policies/{kind}/{namespace}/{name} (namespace "-" for cluster-wide kinds).
+
+`apply` sends the files' text to the agent, which parses and validates it once, with the messages the
+offline commands give; it imports neither PyYAML nor the policy model, so it starts fast.
 """
 
 from __future__ import annotations
@@ -140,24 +143,35 @@ POLICY_KIND_NAMES = ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "N
                      "ClusterwideNetworkPolicy")
 
 
-def apply_cmd(args) -> int:
+def apply_policies(socket_path: str, sources: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """POST the sources' text to the agent's /v1/apply, policies only; the agent parses, validates (YAML,
+    kinds, fields) and applies all or nothing. Without a reachable agent, the files are checked here first,
+    so a YAML or kind error is reported as such (not as "cannot reach the agent")."""
     from mesh.api.client import APIClient
-    from mesh.errors import ValidationError
-    from mesh.manifests import load_documents
+    from mesh.errors import AgentError
 
-    # The agent validates every document before anything changes (same messages); only the kind is
-    # checked here, so a large policy file is not parsed twice.
+    body = {"sources": [{"source": s, "text": t} for s, t in sources], "policiesOnly": True}
+    try:
+        out = APIClient(socket_path).post("/v1/apply", body)
+    except AgentError:
+        from mesh.manifests import documents_from_sources, require_kinds
+
+        docs = documents_from_sources(sources)
+        require_kinds(docs, POLICY_KIND_NAMES, "a policy kind", "use `ostium apply`")
+        if not docs:
+            return []
+        raise
+    return out.get("results", []) if isinstance(out, dict) else out
+
+
+def apply_cmd(args) -> int:
+    from mesh.manifest_sources import read_sources
+
     stdin = sys.stdin.read() if "-" in args.filename else None
-    docs = load_documents(args.filename, stdin_text=stdin)
-    for d in docs:
-        if d.kind not in POLICY_KIND_NAMES:
-            raise ValidationError(f"{d.kind or 'a document without kind'} is not a policy kind (use `ostium apply`)",
-                                  path="kind", document=d.ref)
-    if not docs:
+    results = apply_policies(args.socket, read_sources(args.filename, stdin_text=stdin))
+    if not results:
         print("no documents found", file=sys.stderr)
         return 0
-    out = APIClient(args.socket).post("/v1/apply", {"documents": [d.to_json() for d in docs]})
-    results = out.get("results", []) if isinstance(out, dict) else out
     if args.output == "table":
         for r in results:
             where = f"{r.get('namespace')}/" if r.get("namespace") else ""

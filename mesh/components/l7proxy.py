@@ -43,6 +43,11 @@ def access_log_enabled(config: Any) -> bool:
     return bool(value)
 
 
+def _redirects(policies: list | None) -> set[tuple]:
+    """The (address, direction, port) triples `policies` have Envoy filter chains for."""
+    return {(p.endpoint_ip, p.direction, p.port) for p in policies or ()}
+
+
 class L7ProxyComponent:
     def __init__(self, agent: "Agent") -> None:
         from xdsserver.proxy import L7Proxy, ProxyConfig
@@ -64,6 +69,7 @@ class L7ProxyComponent:
         self.applied_revision = 0
         self.records = 0
         self._lock = asyncio.Lock()
+        self._deferred_revision: int | None = None  # a push waiting for the datapath (redirects removed)
 
     @property
     def proxy_ports(self) -> dict[str, int]:
@@ -94,18 +100,25 @@ class L7ProxyComponent:
             asyncio.get_running_loop().create_task(self.push())
 
     async def policy_regenerated(self, changed: list[tuple[str, str]], deleted: list[tuple[str, str]]) -> None:
+        """The policy repository's first regenerate hook, ahead of the datapath's: a change of L7 rules is
+        enforced as soon as Envoy has it, not after the policy maps are rewritten, and a port that becomes
+        redirected has its Envoy filter chain before the datapath sends connections there. A change that
+        removes redirected ports is pushed after the datapath stopped redirecting them
+        (`push_deferred`, the hook after the datapath's), so no connection reaches Envoy without a chain."""
         from xdsserver.translate.adapt import port_policies_from_endpoint
 
         repo = self.agent.policy.repo
         ports = {"ingress": self.config.ingress_proxy_port, "egress": self.config.egress_proxy_port}
-        dirty = False
+        dirty = removed = False
         for key in deleted:
-            dirty |= self.port_policies.pop(key, None) is not None
+            if self.port_policies.pop(key, None) is not None:
+                dirty = removed = True
         for ns, name in changed:
             try:
                 pol = repo.endpoint_policy(ns, name)
             except Exception:
-                dirty |= self.port_policies.pop((ns, name), None) is not None
+                if self.port_policies.pop((ns, name), None) is not None:
+                    dirty = removed = True
                 continue
             try:
                 new = port_policies_from_endpoint(pol, ports)
@@ -113,16 +126,28 @@ class L7ProxyComponent:
                 self.last_error = f"{ns}/{name}: {exc}"
                 log.error("L7 policy not translatable", extra={"endpoint": f"{ns}/{name}", "error": str(exc)})
                 continue
-            if new or (ns, name) in self.port_policies:
-                if self.port_policies.get((ns, name)) != new:
+            old = self.port_policies.get((ns, name))
+            if new or old is not None:
+                if old != new:
                     dirty = True
+                    removed |= bool(_redirects(old) - _redirects(new))
                 if new:
                     self.port_policies[(ns, name)] = new
                 else:
                     self.port_policies.pop((ns, name), None)
+        if dirty and removed:
+            self._deferred_revision = repo.revision
+            return
         if dirty:
             await self.push()
         self.applied_revision = repo.revision
+
+    async def push_deferred(self, changed: list[tuple[str, str]], deleted: list[tuple[str, str]]) -> None:
+        """The regenerate hook after the datapath's: the push `policy_regenerated` held back, if any."""
+        revision, self._deferred_revision = self._deferred_revision, None
+        if revision is not None:
+            await self.push()
+            self.applied_revision = revision
 
     async def push(self) -> None:
         async with self._lock:

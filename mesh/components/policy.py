@@ -103,12 +103,27 @@ class PolicyComponent:
 
     # --- manifests ----------------------------------------------------------------------------------
     async def apply(self, item: Parsed) -> str:
+        """Into the repository, out to Envoy and the datapath, then into the store (the store write is
+        not on the way to enforcement). If regeneration fails, this policy's change is undone here (the
+        agent reverts the rest of the apply), so a failed apply leaves the previous policy everywhere."""
         old = self.agent.store.get(item.kind, item.namespace, item.name)
         if old == item.doc.body:
             return "unchanged"
-        self.agent.store.put(item.kind, item.namespace, item.name, item.doc.body)
+        previous = self.repo.get_policy(item.kind, item.namespace, item.name)
         self.repo.upsert_policy(item.obj)
-        await self.regenerate()
+        try:
+            await self.regenerate()
+            self.agent.store.put(item.kind, item.namespace, item.name, item.doc.body)
+        except BaseException:
+            if previous is None:
+                self.repo.delete_policy(item.kind, item.namespace, item.name)
+            else:
+                self.repo.upsert_policy(previous)
+            try:
+                await self.regenerate()
+            except Exception:  # the error being raised is the one to report
+                log.exception("policy regeneration failed while undoing a failed apply")
+            raise
         return "configured" if old is not None else "created"
 
     async def delete(self, kind: str, namespace: str, name: str) -> bool:
