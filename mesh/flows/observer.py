@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
 from mesh.flows.model import (
-    DROP_REASONS, Direction, Endpoint, EndpointMeta, Enricher, Flow, FlowType, PROTO_NAMES, Verdict,
-    endpoint_of, flow_from_http_record, flow_from_kafka_record, tcp_flag_names,
+    DROP_REASONS, L7_DENIED, L7_ERROR, Direction, Endpoint, EndpointMeta, Enricher, Flow, FlowType, PROTO_NAMES,
+    Verdict, endpoint_of, flow_from_http_record, flow_from_kafka_record, tcp_flag_names,
 )
 
 # struct trace_event (bpf/lib/events.h, 48 bytes). Ports are big-endian on the wire; they are
@@ -243,28 +243,63 @@ class Observer:
             self.dp_counts[key] = self.dp_counts.get(key, 0) + 1
         self._store((self.seen, flow.time, flow, None, None))
 
-    def ingest_http_record(self, rec: Any) -> Flow:
-        """One Envoy access-log record (xdsserver.als.L7Record, or a mapping with its fields). Runs once
-        per proxied request, so the enrichment of both sides and the destination's service come from
-        the observer's caches (cleared by invalidate_enrichment and every enrichment_ttl)."""
+    def ingest_http_record(self, rec: Any) -> Flow | None:
+        """One Envoy access-log record: an xdsserver.als.LazyL7Record (what the agent gets), an L7Record,
+        or a mapping with its fields. Runs once per proxied request, so the enrichment of both sides and
+        the destination's service come from the observer's caches (cleared by invalidate_enrichment and
+        every enrichment_ttl). A lazy record is counted and stored as it is; its Flow is built when the
+        slot is read (returns None then), like datapath events."""
         if isinstance(rec, _Mapping):
             flow = flow_from_http_record(rec, self.enricher)
-        else:
-            sip, dip = rec.source_ip, rec.destination_ip
-            cache = self._meta_cache
-            sm = cache.get((sip, 0)) or self._meta(sip, 0)
-            dm = cache.get((dip, 0)) or self._meta(dip, 0)
-            skey = (dip, rec.destination_port)
-            svc = self._svc_cache.get(skey, False)
-            if svc is False:
-                if len(self._svc_cache) >= _ENRICH_CACHE_MAX:
-                    self._svc_cache.clear()
-                svc = self._svc_cache[skey] = self.enricher.service(dip, rec.destination_port)
-            flow = flow_from_http_record(rec, self.enricher, metas=(sm, dm), destination_service=svc,
-                                         uuid=f"{self._uuid_prefix}{self.seen:012x}")
+            self._count_l7(flow)
+            self._store((self.seen, flow.time, flow, None, None))
+            return flow
+        sip, dip, dport = rec.source_ip, rec.destination_ip, rec.destination_port
+        cache = self._meta_cache
+        sm = cache.get((sip, 0)) or self._meta(sip, 0)
+        dm = cache.get((dip, 0)) or self._meta(dip, 0)
+        skey = (dip, dport)
+        svc = self._svc_cache.get(skey, False)
+        if svc is False:
+            if len(self._svc_cache) >= _ENRICH_CACHE_MAX:
+                self._svc_cache.clear()
+            svc = self._svc_cache[skey] = self.enricher.service(dip, dport)
+        if hasattr(rec, "full"):
+            self._count_l7_lazy(rec, sm, dm)
+            self._store((self.seen, rec.time, _L7Slot(rec, sm, dm, svc), None, None))
+            return None
+        flow = flow_from_http_record(rec, self.enricher, metas=(sm, dm), destination_service=svc,
+                                     uuid=f"{self._uuid_prefix}{self.seen:012x}")
         self._count_l7(flow)
         self._store((self.seen, flow.time, flow, None, None))
         return flow
+
+    def _count_l7_lazy(self, rec: Any, sm: EndpointMeta, dm: EndpointMeta) -> None:
+        """_count_l7 for a lazy record, from the fields it read up front (same keys, same values)."""
+        code = rec.response_code or 0
+        if rec.rbac_denied:
+            v, desc = "DROPPED", _L7_DENIED_DESC
+        elif code == 0:
+            v, desc = "ERROR", _L7_ERROR_DESC
+        else:
+            v, desc = "FORWARDED", ""
+        d = rec.tags.get("ostium.direction") if rec.tags else None
+        direction = (Direction.INGRESS if d.upper() == "INGRESS" else Direction.EGRESS if d.upper() == "EGRESS"
+                     else Direction.UNKNOWN) if d else Direction.UNKNOWN
+        key = (v, desc, direction.value)
+        self.l7_counts[key] = self.l7_counts.get(key, 0) + 1
+        dst = _side_name(dm, rec.destination_ip)
+        method = rec.method or ""
+        hk = (method, code, _side_name(sm, rec.source_ip), dst, v)
+        self.http_counts[hk] = self.http_counts.get(hk, 0) + 1
+        if code:
+            lk = (method, dst)
+            h = self.http_latency.get(lk)
+            if h is None:
+                h = self.http_latency[lk] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
+            secs = int((rec.duration_ms or 0.0) * 1e6) / 1e9
+            h[0][bisect.bisect_left(LATENCY_BUCKETS, secs)] += 1
+            h[1][0] += secs
 
     def ingest_kafka_record(self, rec: Any) -> Flow:
         flow = flow_from_kafka_record(rec, self.enricher)
@@ -300,6 +335,13 @@ class Observer:
         seq, wall, obj, sm, dm = slot
         if isinstance(obj, Flow):
             return obj
+        if type(obj) is _L7Slot:
+            flow = obj.flow
+            if flow is None:
+                flow = obj.flow = flow_from_http_record(
+                    obj.rec.full(), self.enricher, metas=(obj.sm, obj.dm), destination_service=obj.svc,
+                    uuid=f"{self._uuid_prefix}{seq:012x}")
+            return flow
         if isinstance(obj, (bytes, bytearray, memoryview)):
             (_ts, ty, reason, d, proto, ep, pp, _si, _di, sa, da, sp, dp, _ifi, verdict, flags, _pad,
              _ln) = _RAW.unpack_from(obj)
@@ -547,6 +589,33 @@ class _Scan:
     def result(self) -> tuple[list[Flow], bool]:
         self.out.reverse()
         return self.out, self.reached_oldest and self.obs.lost > 0
+
+
+class _L7Slot:
+    """A stored L7 access-log record with the enrichment it was counted with; the Flow is built once,
+    on first read."""
+
+    __slots__ = ("rec", "sm", "dm", "svc", "flow")
+
+    def __init__(self, rec: Any, sm: EndpointMeta, dm: EndpointMeta, svc: Any) -> None:
+        self.rec, self.sm, self.dm, self.svc = rec, sm, dm, svc
+        self.flow: Flow | None = None
+
+
+_L7_DENIED_DESC = DROP_REASONS.get(L7_DENIED, (f"REASON_{L7_DENIED}", ""))[0]
+_L7_ERROR_DESC = DROP_REASONS.get(L7_ERROR, (f"REASON_{L7_ERROR}", ""))[0]
+
+
+def _side_name(meta: EndpointMeta, ip: str) -> str:
+    """workload_or_ip of the Endpoint that `meta` and `ip` make, without building it."""
+    if meta.workload:
+        if meta.workload.startswith("reserved:"):
+            return meta.workload
+        return f"{meta.namespace}/{meta.workload}" if meta.namespace else meta.workload
+    for kv in meta.labels:
+        if kv.startswith("reserved:"):
+            return kv.split("=", 1)[0]
+    return ip or "unknown"
 
 
 def workload_or_ip(e: Endpoint) -> str:
