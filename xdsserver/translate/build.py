@@ -218,8 +218,9 @@ def _access_log(opts: ProxyOptions, name: str, direction: Direction, ip: str, po
                 "transport_api_version": "V3",
                 "grpc_service": {"envoy_grpc": {"cluster_name": opts.als_cluster}},
                 "buffer_flush_interval": f"{opts.als_flush_interval_ms / 1000:.3f}s",
-                # Fewer, larger messages under load (Envoy's default is 16 KiB, ~50 entries).
-                "buffer_size_bytes": 262144,
+                # Fewer, larger messages under load (Envoy's default is 16 KiB, ~50 entries; 64 KiB keeps one
+                # message's processing short for the agent's event loop).
+                "buffer_size_bytes": 65536,
                 "custom_tags": [{"tag": k, "literal": {"value": v}} for k, v in tags],
             },
             "additional_request_headers_to_log": ["content-type"],
