@@ -156,8 +156,9 @@ class LazyL7Record:
         self.method = (_METHODS.get(method) or _method_name(method)) if method else ""
         self.response_code = resp.response_code.value
         details = resp.response_code_details
-        self.rbac_denied = details.startswith("rbac_access_denied") or (
-            common.HasField("metadata") and _rbac_denied_by_metadata(common.metadata))
+        # A response that came from upstream was not denied: the metadata is read only otherwise.
+        self.rbac_denied = details != "via_upstream" and (details.startswith("rbac_access_denied") or (
+            common.HasField("metadata") and _rbac_denied_by_metadata(common.metadata)))
         if common.HasField("duration"):
             d = common.duration
             self.duration_ms = round(d.seconds * 1000.0 + d.nanos / 1e6, 3)
