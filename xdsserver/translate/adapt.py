@@ -19,6 +19,26 @@ from xdsserver.translate.model import Direction, HeaderMatch, HTTPRule, PeerRule
 MAX_PORT_RANGE = 256   # Envoy matches one destination port per filter chain: ranges expand
 _TCP, _ANY = 6, 0
 
+# mesh.policy HTTPRule → HTTPRule. Both are immutable and the conversion pure: a 1,000-rule policy that is
+# re-applied (or seen on a second port) converts only its new rules. Bounded: rules churn with policies.
+_CONVERTED: dict[Any, HTTPRule] = {}
+_CONVERTED_MAX = 65536
+
+
+def http_rules_from_policy(rules: Any) -> tuple[HTTPRule, ...]:
+    """http_rule_from_policy over `rules`, memoized per rule."""
+    out = []
+    converted = _CONVERTED
+    for r in rules:
+        c = converted.get(r)
+        if c is None:
+            c = http_rule_from_policy(r)
+            if len(converted) >= _CONVERTED_MAX:
+                converted.clear()
+            converted[r] = c
+        out.append(c)
+    return tuple(out)
+
 
 def http_rule_from_policy(rule: Any) -> HTTPRule:
     """mesh.policy.model.HTTPRule → HTTPRule."""
@@ -43,6 +63,7 @@ def port_policies_from_endpoint(ep_policy: Any, proxy_ports: Mapping[str, int]) 
     if not ep.ip:
         return []
     out: list[PortPolicy] = []
+    converted: dict[int, tuple[HTTPRule, ...]] = {}  # the ports of one port rule share its rule tuple
     label = f"{ep.namespace}/{ep.name}" if ep.namespace else ep.name
     for (direction, protocol, lo, hi), l7 in sorted(ep_policy.l7.items(), key=lambda kv: tuple(
             str(x) for x in kv[0])):
@@ -54,7 +75,10 @@ def port_policies_from_endpoint(ep_policy: Any, proxy_ports: Mapping[str, int]) 
             if e.http is None and e.kafka is None:
                 rules.append(PeerRule(e.identities, ()))
             elif e.http:
-                rules.append(PeerRule(e.identities, tuple(http_rule_from_policy(r) for r in e.http)))
+                http = converted.get(id(e.http))
+                if http is None:
+                    http = converted[id(e.http)] = http_rules_from_policy(e.http)
+                rules.append(PeerRule(e.identities, http))
         hi = hi or lo
         if hi - lo + 1 > MAX_PORT_RANGE:
             raise ValidationError(

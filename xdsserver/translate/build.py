@@ -263,7 +263,7 @@ def rbac_rules(direction: Direction, rules: Iterable[PeerRule],
     for i, peer in enumerate(rules):
         by_peers.setdefault(peer.identities, (i, []))[1].append(peer)
     for identities, (i, peers) in by_peers.items():
-        perms = list(_permissions(tuple(peers)))
+        perms = list(_permissions_of(peers))
         if identities is None:
             policies[f"rule-{i}"] = {"permissions": perms, "principals": [{"any": True}]}
             continue
@@ -434,6 +434,24 @@ def _path_matchers(paths: list[str]) -> list[dict[str, Any]]:
         size += cost
     close()
     return out
+
+
+# _permissions by the identity of the peers' rule tuples: hashing a 1,000-rule tuple for the lru_cache costs
+# ~1 ms, and every port and endpoint of a policy (and every later translation) has the very same tuples.
+# Each entry keeps its tuples alive, so their ids cannot be reused while it is here.
+_PERMISSIONS_BY_ID: dict[tuple[int, ...], tuple[tuple, tuple[dict[str, Any], ...]]] = {}
+
+
+def _permissions_of(peers: list[PeerRule]) -> tuple[dict[str, Any], ...]:
+    key = tuple(id(p.http) for p in peers)
+    hit = _PERMISSIONS_BY_ID.get(key)
+    if hit is not None:
+        return hit[1]
+    perms = _permissions(tuple(peers))
+    if len(_PERMISSIONS_BY_ID) >= 1024:
+        _PERMISSIONS_BY_ID.clear()
+    _PERMISSIONS_BY_ID[key] = (tuple(p.http for p in peers), perms)
+    return perms
 
 
 @functools.lru_cache(maxsize=1024)
