@@ -240,6 +240,15 @@ YAML_CASES = [
     "",
     "a: [1, 2\n",
     "kind: List\nitems: [{a: 1}, {b: 2}]\n",
+    "'<<': 1\n\"=\": 2\n",
+    "a: ! 123\nb: !!null ''\n",
+    "---\n---\n",
+    "a: 1\n---\nb: &x 2\nc: *x\n",
+    "{a: 1, a: 2}\n",
+    "- a\n- [b, {c: d}]\n- {e: [f]}\n",
+    "a: \"yes\"\nb: 'on'\nc: yes\nd: null\ne: 3.5\nf: -7\n",
+    "a: b\n  c: d\n",
+    "a:\n\t- b\n",
 ]
 
 
