@@ -69,7 +69,7 @@ class L7ProxyComponent:
         self.applied_revision = 0
         self.records = 0
         self._lock = asyncio.Lock()
-        self._deferred_revision: int | None = None  # a push waiting for the datapath (redirects removed)
+        self._push_pending = False  # a push waiting for the datapath (it removes redirected ports)
 
     @property
     def proxy_ports(self) -> dict[str, int]:
@@ -136,18 +136,20 @@ class L7ProxyComponent:
                 else:
                     self.port_policies.pop((ns, name), None)
         if dirty and removed:
-            self._deferred_revision = repo.revision
-            return
-        if dirty:
+            self._push_pending = True
+        elif dirty:
+            self._push_pending = False  # a push sends the whole state, a held-back one included
             await self.push()
-        self.applied_revision = repo.revision
+        if not self._push_pending:
+            self.applied_revision = repo.revision
 
     async def push_deferred(self, changed: list[tuple[str, str]], deleted: list[tuple[str, str]]) -> None:
-        """The regenerate hook after the datapath's: the push `policy_regenerated` held back, if any."""
-        revision, self._deferred_revision = self._deferred_revision, None
-        if revision is not None:
+        """The regenerate hook after the datapath's: the push `policy_regenerated` held back, if any (also
+        one held back by an earlier regeneration whose datapath step failed)."""
+        if self._push_pending:
+            self._push_pending = False
             await self.push()
-            self.applied_revision = revision
+            self.applied_revision = self.agent.policy.repo.revision
 
     async def push(self) -> None:
         async with self._lock:

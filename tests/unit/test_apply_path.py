@@ -310,3 +310,48 @@ def test_gc_pause_nests_and_restores_the_previous_state():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+# --- Envoy before the datapath ---------------------------------------------------------------------
+
+async def test_envoy_gets_added_rules_at_once_and_removed_ports_only_after_the_datapath(tmp_path, monkeypatch):
+    """L7ProxyComponent is the policy's first regenerate hook and `push_deferred` the last: a change that
+    keeps or adds redirected ports is pushed before the datapath hook runs; one that removes a redirected
+    port waits for it (else connections still redirected there would reach Envoy without a filter chain)."""
+    from types import SimpleNamespace
+
+    import xdsserver.translate.adapt as adapt
+    from mesh.components.l7proxy import L7ProxyComponent
+    from xdsserver.translate.model import Direction, PortPolicy
+
+    repo = SimpleNamespace(revision=1, endpoint_policy=lambda ns, name: (ns, name))
+    agent = SimpleNamespace(config=SimpleNamespace(proxy_port_base=15000, state_dir=str(tmp_path)),
+                            policy=SimpleNamespace(repo=repo))
+    comp = L7ProxyComponent(agent)
+    wanted: list[int] = []
+    monkeypatch.setattr(adapt, "port_policies_from_endpoint", lambda pol, ports: [
+        PortPolicy("10.0.0.2", Direction.INGRESS, p, 15001, ()) for p in wanted])
+    pushes: list[list[int]] = []
+
+    async def push() -> None:
+        pushes.append(sorted(p.port for pols in comp.port_policies.values() for p in pols))
+    comp.push = push  # type: ignore[method-assign]
+    ep = [("bench", "web")]
+
+    wanted[:] = [80, 8080]  # new redirects: Envoy first
+    await comp.policy_regenerated(ep, [])
+    assert pushes == [[80, 8080]] and comp.applied_revision == 1
+    await comp.push_deferred(ep, [])
+    assert pushes == [[80, 8080]]
+
+    repo.revision, wanted[:] = 2, [80]  # port 8080 no longer redirected: after the datapath
+    await comp.policy_regenerated(ep, [])
+    assert pushes == [[80, 8080]] and comp.applied_revision == 1
+    await comp.push_deferred(ep, [])
+    assert pushes == [[80, 8080], [80]] and comp.applied_revision == 2
+
+    repo.revision = 3  # the endpoint is deleted: after the datapath too
+    await comp.policy_regenerated([], ep)
+    assert len(pushes) == 2
+    await comp.push_deferred([], ep)
+    assert pushes[-1] == [] and comp.applied_revision == 3
