@@ -285,7 +285,7 @@ def start_node(agents: list[AgentProcess], tmp: str, name: str, pod_cidr: str,
 
 PROBER = r"""
 import http.client, sys, time
-host, path = sys.argv[1], sys.argv[2]
+host, path, pause = sys.argv[1], sys.argv[2], float(sys.argv[3]) / 1000
 conn, ready = None, False
 while True:
     try:
@@ -303,15 +303,22 @@ while True:
     if resp.status != 403:
         print(repr(time.time()), resp.status, flush=True)
         break
+    if pause:
+        time.sleep(pause)
 """
 
 
-def apply_to_enforced(a: AgentProcess, web: str, text: str, probe: str, via_cli: bool) -> float:
-    """ms from the start of the apply to the first request on `probe` that Envoy no longer denies."""
+def apply_to_enforced(a: AgentProcess, web: str, text: str, probe: str, via_cli: bool,
+                      probe_interval_ms: float = 0.0) -> float:
+    """ms from the start of the apply to the first request on `probe` that Envoy no longer denies.
+
+    The prober sends its requests back to back (`probe_interval_ms` 0), or pauses that long between them:
+    back to back it keeps a CPU busy, and Envoy and the agent (an access-log record per request) with it."""
     from mesh.cli.policy import apply_policies
     from mesh.manifest_sources import read_sources
 
-    prober = subprocess.Popen(a.raw_argv("bench.client", PYTHON, "-c", PROBER, web, probe), stdout=subprocess.PIPE,
+    prober = subprocess.Popen(a.raw_argv("bench.client", PYTHON, "-c", PROBER, web, probe,
+                                                  str(probe_interval_ms)), stdout=subprocess.PIPE,
                               text=True)
     try:
         first = prober.stdout.readline().split()  # type: ignore[union-attr]
@@ -342,7 +349,7 @@ def apply_to_enforced(a: AgentProcess, web: str, text: str, probe: str, via_cli:
         prober.wait()
 
 
-def apply_only(repeats: int) -> int:
+def apply_only(repeats: int, probe_interval_ms: float = 0.0) -> int:
     """Apply-to-enforced alone (no load runs): one node, from the 1-rule policy to 1,000 rules, `repeats` times
     via the API and via the CLI, interleaved; a fresh probe path each time, so every apply is a new policy
     revision with a new regex (the filler rules are the full run's). The first apply is the agent's first
@@ -360,7 +367,7 @@ def apply_only(repeats: int) -> int:
                 apply_policy(a, policy(1), web, l7=True)  # untimed: back to the full run's l7-1 state
                 probe = f"/probe-{via}-{rep}"
                 ms = apply_to_enforced(a, web, policy(RULES, probe=probe, only_web=True), probe,
-                                       via_cli=via == "cli")
+                                       via_cli=via == "cli", probe_interval_ms=probe_interval_ms)
                 enforce[via].append(ms)
                 print(f"  {via} apply {rep + 1}: {ms:.0f} ms" + ("  (cold agent caches)" if rep == 0 and
                                                                    via == "api" else ""), file=sys.stderr)
@@ -369,7 +376,8 @@ def apply_only(repeats: int) -> int:
             node.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
     api, cli = statistics.median(enforce["api"]), statistics.median(enforce["cli"])
-    print(f"\napply-to-enforced at {RULES} rules, median of {repeats}: {api:.0f} ms (API, as `ostium policy apply` "
+    paced = f", prober pausing {probe_interval_ms:g} ms between requests" if probe_interval_ms else ""
+    print(f"\napply-to-enforced at {RULES} rules{paced}, median of {repeats}: {api:.0f} ms (API, as `ostium policy apply` "
           f"once started; first apply {enforce['api'][0]:.0f} ms), {cli:.0f} ms (CLI subprocess incl. Python start)"
           f"  (target < 100 ms: {'met' if max(api, cli) < 100 else 'NOT met'}); took {time.monotonic() - started:.0f} s")
     print(json.dumps({"apply_to_enforced_ms": enforce}))
@@ -386,6 +394,9 @@ def main() -> int:
     ap.add_argument("--apply-only", action="store_true",
                     help="measure apply-to-enforced at 1,000 rules only (API and CLI), no load runs")
     ap.add_argument("--repeats", type=int, default=5, help="--apply-only: applies per variant (median reported)")
+    ap.add_argument("--probe-interval", type=float, default=0.0, metavar="MS",
+                    help="--apply-only: pause between the prober's requests (default 0: back to back, as the full "
+                         "run; the prober then keeps a CPU busy, and Envoy and the agent's access log with it)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_l7: run as root (network namespaces, BPF, Envoy's transparent listeners)", file=sys.stderr)
@@ -394,7 +405,7 @@ def main() -> int:
         if not shutil.which("nginx"):
             print("bench_l7: nginx is missing (apt-get install nginx)", file=sys.stderr)
             return 1
-        return apply_only(args.repeats)
+        return apply_only(args.repeats, args.probe_interval)
     for tool in ("nginx", "wrk", "h2load"):
         if not shutil.which(tool):
             print(f"bench_l7: {tool} is missing (apt-get install nginx wrk nghttp2-client)", file=sys.stderr)
