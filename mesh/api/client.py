@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Any, Iterator
 
 from mesh import errors
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only (they are strings): importing typing costs a CLI start ~5 ms
+    from typing import Any, Iterator
 
 DEFAULT_SOCKET = "/var/run/ostium/ostium.sock"
 _MAX_HEAD = 64 * 1024

@@ -11,9 +11,12 @@ offline commands give; it imports neither PyYAML nor the policy model, so it sta
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from mesh.cli.output import add_output_flag, emit
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only (they are strings): importing typing costs a CLI start ~5 ms
+    from typing import Any
 
 CLUSTERWIDE = ("CiliumClusterwideNetworkPolicy", "ClusterwideNetworkPolicy")
 
