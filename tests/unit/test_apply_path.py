@@ -355,3 +355,48 @@ async def test_envoy_gets_added_rules_at_once_and_removed_ports_only_after_the_d
     assert len(pushes) == 2
     await comp.push_deferred([], ep)
     assert pushes[-1] == [] and comp.applied_revision == 3
+
+
+# --- all or nothing when regeneration fails ------------------------------------------------------------
+
+async def test_a_policy_whose_regeneration_fails_leaves_the_previous_one_in_repository_and_store(tmp_path):
+    from types import SimpleNamespace
+
+    from mesh.components.policy import PolicyComponent
+    from mesh.errors import DatapathError
+    from mesh.policy.resolve import EndpointInfo
+    from mesh.state.store import StateStore
+
+    store = StateStore(str(tmp_path / "state.db"))
+    agent = SimpleNamespace(store=store, identity=SimpleNamespace(ipcache=SimpleNamespace(
+        sync_source=lambda *args: None)))
+    comp = PolicyComponent(agent)  # type: ignore[arg-type]
+    labels = {"k8s:class": "deathstar", "k8s:org": "empire", "k8s:io.kubernetes.pod.namespace": "galaxy"}
+    comp.repo.upsert_identity(300, labels)
+    comp.repo.upsert_endpoint(EndpointInfo(name="ds", namespace="galaxy", labels=labels, ip="10.0.0.2",
+                                           identity=300, named_ports={}))
+    calls: list[int] = []
+    fail = [False]
+
+    async def datapath_hook(changed, deleted) -> None:
+        calls.append(comp.repo.revision)
+        if fail[0]:
+            fail[0] = False  # the undo's regeneration succeeds
+            raise DatapathError("policy map full")
+    comp.regenerate_hooks.append(datapath_hook)
+
+    def parsed(text: str):
+        return parse_documents(parse_yaml_text(text, "p.yaml"))[0]
+    first = parsed(POLICY)
+    assert await comp.apply(first) == "created"
+    fail[0] = True
+    with pytest.raises(DatapathError):
+        await comp.apply(parsed(POLICY.replace("/v1/request-landing", "/v1/other")))
+    assert comp.repo.get_policy(first.kind, "galaxy", "rule1") == first.obj
+    assert store.get(first.kind, "galaxy", "rule1") == first.doc.body
+    fail[0] = True
+    with pytest.raises(DatapathError):
+        await comp.apply(parsed(POLICY.replace("rule1", "rule2")))
+    assert comp.repo.get_policy(first.kind, "galaxy", "rule2") is None and store.get(first.kind, "galaxy", "rule2") is None
+    assert len(calls) == 5  # each failed regeneration was followed by the undo's
+    store.close()
