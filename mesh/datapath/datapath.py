@@ -79,14 +79,6 @@ class StartReport:
 
 
 @dataclass(slots=True)
-class _FrontendState:
-    frontend: Frontend | None      # None: adopted from pinned maps, not yet re-synced
-    svc: dict[bytes, bytes]
-    be: dict[bytes, bytes]
-    bks: list
-
-
-@dataclass(slots=True)
 class _EndpointState:
     ep_id: int
     ifindex: int
@@ -116,7 +108,9 @@ class Datapath:
         self._rev_ids = lbmap.IdAllocator(limit=0xFFFF)
         self._backend_ids = lbmap.IdAllocator()
         self._frontends: list[Frontend] = []
-        self._fe: dict[lbmap.FrontendKey, _FrontendState] = {}
+        # Per programmed frontend: the Frontend its entries were planned from (after a sync this
+        # is index_frontends' dict itself: no per-frontend bookkeeping), or AdoptedEntries.
+        self._fe: dict[lbmap.FrontendKey, lbmap.FrontendRecord] = {}
         self.map_full_errors: dict[str, int] = {}
         self._lock = threading.RLock()
         self._started = False
@@ -253,7 +247,7 @@ class Datapath:
         lbmap.adopt(self._svc, self._backends, self._rev_ids, self._backend_ids)
         # The Frontend objects are not known after a restart: the first sync re-plans each
         # frontend and writes only entries that differ.
-        self._fe = {fk: _FrontendState(None, svc, be, bks)
+        self._fe = {fk: lbmap.AdoptedEntries(svc, be, bks)
                     for fk, (svc, be, bks) in lbmap.group_by_frontend(self._svc, self._backends).items()}
 
     def close(self) -> None:
@@ -502,64 +496,59 @@ class Datapath:
         is written; a failure half-way is rolled back."""
         self._require_started()
         frontends = list(frontends)
-        # gc_paused: the ~100,000 acyclic containers of a full load would trigger collections
-        # that rescan them (and the whole heap) many times over for nothing.
+        # gc_paused: the tens of thousands of acyclic containers of a full load would trigger
+        # collections that rescan them (and the whole heap) many times over for nothing.
         with self._lock, lbmap.gc_paused():
             t0 = time.perf_counter()
             new = lbmap.index_frontends(frontends)
             rev_ids, be_ids = self._rev_ids.copy(), self._backend_ids.copy()
             plan = lbmap.plan_sync(self._fe, new, rev_ids, be_ids, self.config.max_slots_per_service)
-            removed, slots, masters, be_up = plan.removed, plan.slots, plan.masters, plan.be_up
+            slots, masters, be_up = plan.slots, plan.masters, plan.be_up
+            svc, backends = self._svc, self._backends
             svc_map, be_map = self._maps["ost_lb4_svc"], self._maps["ost_lb4_backend"]
-            svc_new = len(slots.keys() - self._svc.keys()) + len(masters.keys() - self._svc.keys())
-            be_new = len(be_up.keys() - self._backends.keys())
-            self._check_capacity(svc_map, len(self._svc) + svc_new - len(plan.svc_del))
-            self._check_capacity(be_map, len(self._backends) + be_new - len(plan.be_del))
+            svc_new = slots.count_new(svc) + masters.count_new(svc)
+            be_new = be_up.count_new(backends)
+            self._check_capacity(svc_map, len(svc) + svc_new - len(plan.svc_del))
+            self._check_capacity(be_map, len(backends) + be_new - len(plan.be_del))
             t1 = time.perf_counter()
-            if (len(self._svc) + svc_new > svc_map.info.max_entries
-                    or len(self._backends) + be_new > be_map.info.max_entries):
+            if (len(svc) + svc_new > svc_map.info.max_entries
+                    or len(backends) + be_new > be_map.info.max_entries):
                 # Room is only there once removed services are gone: remove them first.
-                gone_svc = [k for fk in removed for k in self._fe[fk].svc]
-                gone_svc.sort(key=lambda k: k[8:10] != b"\0\0")
-                svc_map.delete_many(gone_svc)
-                be_map.delete_many([k for fk in removed for k in self._fe[fk].be])
-                for k in gone_svc:
-                    self._svc.pop(k, None)
-                for fk in removed:
-                    for k in self._fe[fk].be:
-                        self._backends.pop(k, None)
+                svc_map.delete_many(plan.removed_svc)
+                be_map.delete_many(plan.removed_be)
+                for k in plan.removed_svc:
+                    svc.pop(k, None)
+                for k in plan.removed_be:
+                    backends.pop(k, None)
             # Backends before the slots naming them, slots before the master entry counting them.
-            self._apply(be_map, be_up, [], self._backends)
+            self._write_batch(be_map, be_up, backends)
             try:
-                self._apply(svc_map, slots, [], self._svc)
-                self._apply(svc_map, masters, [], self._svc)
+                self._write_batch(svc_map, slots, svc)
+                self._write_batch(svc_map, masters, svc)
             except DatapathError:
-                self._apply(svc_map, {k: self._svc[k] for k in slots if k in self._svc},
-                            [k for k in slots if k not in self._svc], {})
-                self._apply(be_map, {k: self._backends[k] for k in be_up if k in self._backends},
-                            [k for k in be_up if k not in self._backends], {})
+                self._write_batch(svc_map, lbmap.Upserts(*_restore(slots, svc)), {}, deletes=_added(slots, svc))
+                self._write_batch(be_map, lbmap.Upserts(*_restore(be_up, backends)), {},
+                                  deletes=_added(be_up, backends))
                 raise
-            # Removal in the reverse order: master entries first, so no lookup finds a hole.
-            svc_del = [k for k in plan.svc_del if k in self._svc]
-            svc_del.sort(key=lambda k: k[8:10] != b"\0\0")
+            # Removal in the reverse order: master entries first (plan.svc_del is in that
+            # order), so no lookup finds a hole.
+            svc_del = [k for k in plan.svc_del if k in svc]
             svc_map.delete_many(svc_del)
-            be_del = [k for k in plan.be_del if k in self._backends]
+            be_del = [k for k in plan.be_del if k in backends]
             be_map.delete_many(be_del)
             t2 = time.perf_counter()
-            self._svc.update(slots)
-            self._svc.update(masters)
+            svc.update(slots.items())
+            svc.update(masters.items())
             for k in svc_del:
-                self._svc.pop(k, None)
-            self._backends.update(be_up)
+                svc.pop(k, None)
+            backends.update(be_up.items())
             for k in be_del:
-                self._backends.pop(k, None)
-            for fk in removed:
-                del self._fe[fk]
-            self._fe.update({fk: _FrontendState(*v) for fk, v in plan.changed.items()})
+                backends.pop(k, None)
+            self._fe = new
             self._rev_ids, self._backend_ids = rev_ids, be_ids
             self._frontends = frontends
-            return {"frontends": len(frontends), "changed": len(plan.changed), "removed": len(removed),
-                    "service_entries": len(self._svc), "backends": len(self._backends),
+            return {"frontends": len(frontends), "changed": len(plan.changed), "removed": len(plan.removed),
+                    "service_entries": len(svc), "backends": len(backends),
                     "written": len(slots) + len(masters) + len(be_up), "deleted": len(svc_del) + len(be_del),
                     "plan_ms": round((t1 - t0) * 1000, 2), "write_ms": round((t2 - t1) * 1000, 2)}
 
@@ -604,6 +593,24 @@ class Datapath:
         except loader.MapFullError:
             self.map_full_errors[m.name] = self.map_full_errors.get(m.name, 0) + 1
             raise
+
+    def _write_batch(self, m: loader.Map, ups: lbmap.Upserts, old: dict[bytes, bytes],
+                     deletes: Iterable[bytes] = ()) -> None:
+        """_apply for a batch given as key and value lists (the socket-LB planner's output):
+        written in one syscall; on failure what had been written is restored from `old`."""
+        if ups:
+            try:
+                m.update_batch_lists(ups.keys, ups.vals)
+            except DatapathError as exc:
+                for k, v in ups.items():
+                    if k in old:
+                        m.update(k, old[k])
+                    else:
+                        m.delete(k)
+                if isinstance(exc, loader.MapFullError):
+                    self.map_full_errors[m.name] = self.map_full_errors.get(m.name, 0) + 1
+                raise
+        m.delete_many(list(deletes))
 
     # ---- events ----
     def event_reader(self) -> loader.RingBuffer:
@@ -691,6 +698,17 @@ def egress_gw_entries(redirects: Iterable[Any]) -> dict[bytes, bytes]:
             for cidr in r.excluded:
                 out[EgressGwKey.of(src, cidr).pack()] = EgressGwValue(0).pack()
     return out
+
+
+def _restore(ups: lbmap.Upserts, old: dict[bytes, bytes]) -> tuple[list[bytes], list[bytes]]:
+    """The (keys, values) that put back what `ups` overwrote."""
+    keys = [k for k in ups.keys if k in old]
+    return keys, [old[k] for k in keys]
+
+
+def _added(ups: lbmap.Upserts, old: dict[bytes, bytes]) -> list[bytes]:
+    """The keys `ups` added (not in `old`): a rollback deletes them."""
+    return [k for k in ups.keys if k not in old]
 
 
 def is_enoent(exc: OSError) -> bool:

@@ -141,44 +141,100 @@ def test_plan_frontend_bad_port_raises_like_the_reference():
 
 # ---- plan_sync: the bulk planner for Datapath.sync_services ----
 
-class _State:
-    """Like the datapath's _FrontendState."""
-
-    __slots__ = ("frontend", "svc", "be", "bks")
-
-    def __init__(self, frontend, svc, be, bks):
-        self.frontend, self.svc, self.be, self.bks = frontend, svc, be, bks
-
-
-def ref_sync_plan(fe, new, rev_ids, be_ids, max_slots):
-    """Datapath.sync_services' planning loop as it was written before plan_sync (verbatim
-    apart from names), with its slot/master split."""
-    svc_up, be_up, svc_del, be_del, new_fe = {}, {}, [], [], {}
-    removed = [fk for fk in fe if fk not in new]
-    for fk in removed:
-        old = fe[fk]
-        svc_del.extend(old.svc)
-        be_del.extend(old.be)
-        rev_ids.release(fk)
-        for bk in old.bks:
-            be_ids.release(bk)
+def ref_fresh_plan(new, rev_ids, be_ids, max_slots):
+    """A load into empty maps as the datapath planned it before plan_fresh: frontend after
+    frontend with the reference planner, batches split into slots and masters."""
+    slots, masters, be_up = {}, {}, {}
     for fk, f in new.items():
-        old = fe.get(fk)
-        if old is not None and old.frontend is not None and (old.frontend is f or old.frontend == f):
-            continue
-        svc, be, bks = ref_plan_frontend(f, fk, rev_ids, be_ids, max_slots)
-        old_svc, old_be = (old.svc, old.be) if old else ({}, {})
-        svc_up.update((k, v) for k, v in svc.items() if old_svc.get(k) != v)
-        be_up.update((k, v) for k, v in be.items() if old_be.get(k) != v)
-        svc_del.extend(k for k in old_svc if k not in svc)
-        be_del.extend(k for k in old_be if k not in be)
-        if old:
-            for bk in set(old.bks) - set(bks):
-                be_ids.release(bk)
-        new_fe[fk] = (f, svc, be, bks)
-    slots = {k: v for k, v in svc_up.items() if k[8:10] != b"\0\0"}
-    masters = {k: v for k, v in svc_up.items() if k[8:10] == b"\0\0"}
-    return new_fe, removed, slots, masters, be_up, svc_del, be_del
+        svc, be, _ = ref_plan_frontend(f, fk, rev_ids, be_ids, max_slots)
+        for k, v in svc.items():
+            (masters if k[8:10] == b"\0\0" else slots)[k] = v
+        be_up.update(be)
+    return slots, masters, be_up
+
+
+def _fresh_cases(rng: random.Random) -> list[list[Frontend]]:
+    one = [Frontend(f"10.96.{i // 250}.{i % 250 + 1}", 80, "TCP", (Backend("10.250.0.2", 8080),), 0, f"d/s{i}")
+           for i in range(300)]
+    many = [Frontend("10.97.0.1", 80, "TCP", tuple(Backend(f"10.2.{i // 250}.{i % 250 + 1}", 80) for i in range(1100)))]
+    dup = [Frontend("10.98.0.1", 53, "UDP", (Backend("10.1.0.1", 53), Backend("10.1.0.1", 53), Backend("10.1.0.2", 53)),
+                    60),
+           Frontend("10.98.0.2", 53, "UDP", (Backend("10.1.0.1", 53, 3), Backend("10.1.0.1", 53, 0),
+                                             Backend("10.1.0.1", 53, 6)))]
+    empty = [Frontend("10.99.0.1", 80, "TCP", (), 10800), Frontend("10.99.0.2", 80, "TCP", (Backend("10.1.0.1", 1, 0),))]
+    return [one, random_frontends(rng, 300), one + many + dup + empty + random_frontends(rng, 100, net=120),
+            dup, empty, []]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_load_into_empty_maps_is_the_sequential_plan_byte_for_byte(seed):
+    # The column-wise planner against the frontend-by-frontend reference: the same entries, in
+    # the same batch order, and the same ids (also when ids come from the free list, as after
+    # sync_services([])) - all-ones, weighted, drained, duplicate backends, > 1024 slots.
+    rng = random.Random(seed)
+    max_slots = rng.choice([4, 256])
+    for fronts in _fresh_cases(rng):
+        new = lbmap.index_frontends(fronts)
+        fast = (IdAllocator(limit=0xFFFF), IdAllocator())
+        ref = (IdAllocator(limit=0xFFFF), IdAllocator())
+        if seed % 2:
+            for a in (*fast, *ref):
+                a._free, a._next = rng.sample(range(1, 5000), 400), 5000
+            ref = tuple(IdAllocator(dict(a.ids), a.limit, list(a._free), a._next) for a in fast)
+        p = lbmap.plan_sync({}, new, *fast, max_slots)
+        slots, masters, be_up = ref_fresh_plan(new, *ref, max_slots)
+        assert list(p.slots.items()) == list(slots.items())
+        assert list(p.masters.items()) == list(masters.items())
+        assert list(p.be_up.items()) == list(be_up.items())
+        assert p.changed == list(new) and not (p.removed or p.svc_del or p.be_del)
+        assert alloc_state(fast[0]) == alloc_state(ref[0])
+        assert alloc_state(fast[1]) == alloc_state(ref[1])
+
+
+def test_id_allocator_take_hands_out_what_get_would():
+    a, b = IdAllocator(limit=20), IdAllocator(limit=20)
+    for x in (a, b):
+        x._free, x._next = [7, 3, 9], 12
+    keys = [f"k{i}" for i in range(6)]
+    assert a.take(keys) == [b.get(k) for k in keys] == [9, 3, 7, 12, 13, 14]
+    assert alloc_state(a) == alloc_state(b)
+    assert a.take(["k1", "new"]) is None and alloc_state(a) == alloc_state(b)   # k1 has an id
+    from mesh.errors import DatapathError
+    with pytest.raises(DatapathError, match="out of ids"):
+        a.take([f"x{i}" for i in range(7)])
+    assert alloc_state(a) == alloc_state(b)            # nothing taken
+    assert a.take([f"x{i}" for i in range(6)]) == list(range(15, 21))
+
+
+class _Model:
+    """The two maps as a dict each, changed by applying a plan the way the datapath does."""
+
+    def __init__(self):
+        self.svc, self.be = {}, {}
+
+    def apply(self, p):
+        self.be.update(p.be_up.items())
+        self.svc.update(p.slots.items())
+        self.svc.update(p.masters.items())
+        for k in p.svc_del:
+            del self.svc[k]
+        for k in p.be_del:
+            del self.be[k]
+
+
+def _want(new, rev_ids, be_ids, max_slots):
+    """What the maps must hold: every frontend planned by the reference with the allocators
+    as the sync left them (each id it needs is there, so nothing is allocated)."""
+    before = (alloc_state(rev_ids), alloc_state(be_ids))
+    svc, be, keep_be = {}, {}, set()
+    for fk, f in new.items():
+        s, b, bks = ref_plan_frontend(f, fk, rev_ids, be_ids, max_slots)
+        svc.update(s)
+        be.update(b)
+        keep_be.update(bks)
+    assert (alloc_state(rev_ids), alloc_state(be_ids)) == before, "an id was missing"
+    assert set(rev_ids.ids) == set(new) and set(be_ids.ids) == keep_be, "ids held for nothing"
+    return svc, be
 
 
 def _mutate(rng: random.Random, f: Frontend) -> Frontend:
@@ -195,44 +251,77 @@ def _mutate(rng: random.Random, f: Frontend) -> Frontend:
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_plan_sync_matches_the_datapath_loop(seed):
+def test_incremental_syncs_write_only_what_changed_and_keep_ids(seed):
     rng = random.Random(100 + seed)
     max_slots = rng.choice([8, 256])
-    fast_fe: dict = {}
-    ref_fe: dict = {}
-    fast_ids = (IdAllocator(limit=0xFFFF), IdAllocator())
-    ref_ids = (IdAllocator(limit=0xFFFF), IdAllocator())
+    fe: dict = {}
+    ids = (IdAllocator(limit=0xFFFF), IdAllocator())
+    model = _Model()
     fronts = random_frontends(rng, 150)
-    for rnd in range(5):
+    for rnd in range(6):
         new = lbmap.index_frontends(fronts)
-        p = lbmap.plan_sync(fast_fe, new, *fast_ids, max_slots)
-        r = ref_sync_plan(ref_fe, new, *ref_ids, max_slots)
-        assert p.changed == r[0] and list(p.changed) == list(r[0])
-        assert p.removed == r[1]
-        # Same batches in the same order.
-        assert list(p.slots.items()) == list(r[2].items())
-        assert list(p.masters.items()) == list(r[3].items())
-        assert list(p.be_up.items()) == list(r[4].items())
-        assert p.svc_del == r[5] and p.be_del == r[6]
-        assert alloc_state(fast_ids[0]) == alloc_state(ref_ids[0])
-        assert alloc_state(fast_ids[1]) == alloc_state(ref_ids[1])
+        old_rev, old_be = dict(ids[0].ids), dict(ids[1].ids)
+        before_svc, before_be = dict(model.svc), dict(model.be)
+        p = lbmap.plan_sync(fe, new, *ids, max_slots)
+        model.apply(p)
+        want_svc, want_be = _want(new, *ids, max_slots)
+        assert model.svc == want_svc and model.be == want_be
+        # Only what differs is written or deleted.
+        up = {**p.slots.as_dict(), **p.masters.as_dict()}
+        assert up == {k: v for k, v in want_svc.items() if before_svc.get(k) != v}
+        assert p.be_up.as_dict() == {k: v for k, v in want_be.items() if before_be.get(k) != v}
+        assert sorted(p.svc_del) == sorted(set(before_svc) - set(want_svc))
+        assert sorted(p.be_del) == sorted(set(before_be) - set(want_be))
+        assert all(k[8:10] != b"\0\0" for k in p.slots.keys) and all(k[8:10] == b"\0\0" for k in p.masters.keys)
+        # Deletions master entries first; the removed frontends' share listed apart.
+        flags = [k[8:10] == b"\0\0" for k in p.svc_del]
+        assert flags == sorted(flags, reverse=True)
+        gone = set(p.removed)
+        assert set(p.removed_svc) == {k for k in before_svc if (socket.inet_ntoa(k[:4]), int.from_bytes(k[4:6], "big"), k[6]) in gone}
+        # Ids of what stays are stable; a freed id is not handed out again in the same sync.
+        assert all(ids[0].ids[fk] == i for fk, i in old_rev.items() if fk in ids[0].ids)
+        assert all(ids[1].ids[bk] == i for bk, i in old_be.items() if bk in ids[1].ids)
+        freed_rev = {i for fk, i in old_rev.items() if fk not in ids[0].ids}
+        freed_be = {i for bk, i in old_be.items() if bk not in ids[1].ids}
+        assert not freed_rev & {ids[0].ids[fk] for fk in ids[0].ids if fk not in old_rev}
+        assert not freed_be & {ids[1].ids[bk] for bk in ids[1].ids if bk not in old_be}
+        assert len(set(ids[0].ids.values())) == len(ids[0].ids) and len(set(ids[1].ids.values())) == len(ids[1].ids)
         if rnd:
-            assert p.removed and p.changed and len(p.changed) < len(new)   # the test covers all three
-        for fe, (changed, removed) in ((fast_fe, (p.changed, p.removed)), (ref_fe, (r[0], r[1]))):
-            for fk in removed:
-                del fe[fk]
-            fe.update({fk: _State(*v) for fk, v in changed.items()})
+            assert p.removed and len(p.changed) < len(new)   # the test covers all three kinds
+        unchanged = [fk for fk, f in new.items() if fk in fe and (fe[fk] is f or fe[fk] == f)]
+        assert set(p.changed) == set(new) - set(unchanged)
+        fe = new                                            # what the datapath keeps
         # Next round: drop some, change some, keep the rest (same objects), add new ones.
         fronts = [_mutate(rng, f) if rng.random() < 0.3 else f for f in fronts if rng.random() > 0.15]
         fronts += random_frontends(rng, 30, net=110 + rnd)
-    # Adopted state (frontend None, after an agent restart) is always planned anew.
-    adopted = {fk: _State(None, st.svc, st.be, st.bks) for fk, st in fast_fe.items()}
-    new = lbmap.index_frontends(fronts)
-    p = lbmap.plan_sync(adopted, new, fast_ids[0].copy(), fast_ids[1].copy(), max_slots)
-    r = ref_sync_plan(adopted, new, fast_ids[0].copy(), fast_ids[1].copy(), max_slots)
-    assert len(p.changed) == len(new) and p.changed == r[0]
-    assert (p.removed, p.slots, p.masters, p.be_up, p.svc_del, p.be_del) == r[1:]
-    assert p.svc_up == {**r[2], **r[3]}
+    # Adopted state (after an agent restart) is always planned anew; what is equal is not written.
+    svc_all, be_all = dict(model.svc), dict(model.be)
+    adopted = {fk: lbmap.AdoptedEntries(s, b, bks) for fk, (s, b, bks) in lbmap.group_by_frontend(svc_all, be_all).items()}
+    rev2, be2 = IdAllocator(limit=0xFFFF), IdAllocator()
+    lbmap.adopt(svc_all, be_all, rev2, be2)
+    new = lbmap.index_frontends(list(fe.values()))        # the frontends last synced, as new objects
+    p = lbmap.plan_sync(adopted, new, rev2, be2, max_slots)
+    assert set(p.changed) == set(new) and not p.removed
+    assert not (p.slots or p.masters or p.be_up or p.svc_del or p.be_del)
+
+
+def test_a_service_replacing_another_keeps_its_backend():
+    # One sync removes A and adds B: B must not get A's freed ids, or A's deletions would
+    # delete B's fresh backend entry (B's VIP would then have a slot naming no backend).
+    ids = (IdAllocator(limit=0xFFFF), IdAllocator())
+    a = Frontend("10.96.0.1", 80, "TCP", (Backend("10.1.0.1", 80),))
+    b = Frontend("10.96.0.2", 80, "TCP", (Backend("10.1.0.2", 80),))
+    model = _Model()
+    fe = lbmap.index_frontends([a])
+    model.apply(lbmap.plan_sync({}, fe, *ids))
+    p = lbmap.plan_sync(fe, lbmap.index_frontends([b]), *ids)
+    assert not set(p.be_up.keys) & set(p.be_del) and not set(p.slots.keys + p.masters.keys) & set(p.svc_del)
+    model.apply(p)
+    slot = next(v for k, v in model.svc.items() if k[8:10] != b"\0\0")
+    assert slot[:4] in model.be and socket.inet_ntoa(model.be[slot[:4]][:4]) == "10.1.0.2"
+    # The freed ids are reused by the next sync.
+    p = lbmap.plan_sync(lbmap.index_frontends([b]), lbmap.index_frontends([b, a]), *ids)
+    assert sorted(ids[1].ids.values()) == [1, 2] and sorted(ids[0].ids.values()) == [1, 2]
 
 
 def test_index_frontends_conflict_and_unknown_protocol():
