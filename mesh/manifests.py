@@ -307,14 +307,24 @@ def _build_from_events(loader: Any) -> list[Any]:
     docs: list[Any] = []
     stack: list[list[Any]] = []  # [container, pending mapping key or no_key]
     get_event, resolve = loader.get_event, loader.resolve
+    plain_tags: dict[str, str] = {}  # plain scalar text → its resolved tag (4,000 scalars, few distinct)
     try:
+        if loader.yaml_path_resolvers:  # a tag could then depend on the position too (never set by Ostium)
+            raise _Fallback
         while True:
             ev = get_event()
             cls = type(ev)
             if cls is ScalarEvent:
                 if ev.anchor is not None or ev.tag not in (None, "!"):
                     raise _Fallback
-                tag = resolve(ScalarNode, ev.value, ev.implicit) if ev.tag is None else _STR_TAG
+                if ev.tag is not None:
+                    tag = _STR_TAG
+                elif ev.implicit[0]:  # plain: its tag depends on its text alone
+                    tag = plain_tags.get(ev.value)
+                    if tag is None:
+                        tag = plain_tags[ev.value] = resolve(ScalarNode, ev.value, ev.implicit)
+                else:
+                    tag = _STR_TAG  # quoted
                 if tag == _STR_TAG:
                     value: Any = ev.value
                 elif tag in _PLAIN_SCALAR_TAGS:
