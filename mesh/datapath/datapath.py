@@ -103,8 +103,10 @@ class Datapath:
         self._cgroup_links: dict[str, int] = {}
         self._endpoints: dict[int, _EndpointState] = {}
         self._ep_links: dict[tuple[int, str], int] = {}
-        self._svc: dict[bytes, bytes] = {}
-        self._backends: dict[bytes, bytes] = {}
+        # Entries in ost_lb4_svc / ost_lb4_backend: exactly those of the frontends in _fe.
+        self._svc_count = 0
+        self._be_count = 0
+        self._adopted_services = 0
         self._rev_ids = lbmap.IdAllocator(limit=0xFFFF)
         self._backend_ids = lbmap.IdAllocator()
         self._frontends: list[Frontend] = []
@@ -152,8 +154,7 @@ class Datapath:
             if self.config.l7_redirect:
                 self.redirect_status = redirect.install(self.config.redirect_config)
             self._started = True
-            return StartReport(adopted + a2, created + c2, len(self._endpoints),
-                               sum(1 for k in self._svc if k[8:10] == b"\0\0"),
+            return StartReport(adopted + a2, created + c2, len(self._endpoints), self._adopted_services,
                                {k: str(v) for k, v in objects.items()})
 
     def _ensure_bpffs(self) -> None:
@@ -242,13 +243,17 @@ class Datapath:
         return adopted, 0
 
     def _adopt_services(self) -> None:
-        self._svc = {k: v for k, v in self._maps["ost_lb4_svc"].items()}
-        self._backends = {k: v for k, v in self._maps["ost_lb4_backend"].items()}
-        lbmap.adopt(self._svc, self._backends, self._rev_ids, self._backend_ids)
+        svc = dict(self._maps["ost_lb4_svc"].items())
+        backends = dict(self._maps["ost_lb4_backend"].items())
+        lbmap.adopt(svc, backends, self._rev_ids, self._backend_ids)
+        groups = lbmap.group_by_frontend(svc, backends)
+        orphans = lbmap.orphan_backends(backends, groups)
+        self._maps["ost_lb4_backend"].delete_many(orphans)
         # The Frontend objects are not known after a restart: the first sync re-plans each
         # frontend and writes only entries that differ.
-        self._fe = {fk: lbmap.AdoptedEntries(svc, be, bks)
-                    for fk, (svc, be, bks) in lbmap.group_by_frontend(self._svc, self._backends).items()}
+        self._fe = {fk: lbmap.AdoptedEntries(s, be, bks) for fk, (s, be, bks) in groups.items()}
+        self._svc_count, self._be_count = len(svc), len(backends) - len(orphans)
+        self._adopted_services = sum(1 for k in svc if k[8:10] == b"\0\0")
 
     def close(self) -> None:
         """Release this process's handles; everything pinned keeps working (agent restart)."""
@@ -504,51 +509,50 @@ class Datapath:
             rev_ids, be_ids = self._rev_ids.copy(), self._backend_ids.copy()
             plan = lbmap.plan_sync(self._fe, new, rev_ids, be_ids, self.config.max_slots_per_service)
             slots, masters, be_up = plan.slots, plan.masters, plan.be_up
-            svc, backends = self._svc, self._backends
             svc_map, be_map = self._maps["ost_lb4_svc"], self._maps["ost_lb4_backend"]
-            svc_new = slots.count_new(svc) + masters.count_new(svc)
-            be_new = be_up.count_new(backends)
-            self._check_capacity(svc_map, len(svc) + svc_new - len(plan.svc_del))
-            self._check_capacity(be_map, len(backends) + be_new - len(plan.be_del))
+            svc_count, be_count = self._svc_count, self._be_count
+            svc_peak, be_peak = svc_count + plan.svc_added, be_count + plan.be_added
+            self._check_capacity(svc_map, svc_peak - len(plan.removed_svc) - len(plan.stale_svc))
+            self._check_capacity(be_map, be_peak - len(plan.removed_be) - len(plan.stale_be))
             t1 = time.perf_counter()
-            if (len(svc) + svc_new > svc_map.info.max_entries
-                    or len(backends) + be_new > be_map.info.max_entries):
+            svc_del, be_del = plan.svc_del, plan.be_del
+            if svc_peak > svc_map.info.max_entries or be_peak > be_map.info.max_entries:
                 # Room is only there once removed services are gone: remove them first.
                 svc_map.delete_many(plan.removed_svc)
                 be_map.delete_many(plan.removed_be)
-                for k in plan.removed_svc:
-                    svc.pop(k, None)
-                for k in plan.removed_be:
-                    backends.pop(k, None)
+                self._svc_count = svc_count = svc_count - len(plan.removed_svc)
+                self._be_count = be_count = be_count - len(plan.removed_be)
+                # That much is done even if what follows fails: forget them, free their ids.
+                self._fe = {fk: rec for fk, rec in self._fe.items() if fk in new}
+                self._rev_ids, self._backend_ids = self._rev_ids.copy(), self._backend_ids.copy()
+                for fk in plan.removed:
+                    self._rev_ids.release(fk)
+                for bk in plan.removed_bks:
+                    self._backend_ids.release(bk)
+                svc_del, be_del = plan.stale_svc, plan.stale_be
             # Backends before the slots naming them, slots before the master entry counting them.
-            self._write_batch(be_map, be_up, backends)
+            self._write_batch(be_map, be_up, plan.overwritten_be)
             try:
-                self._write_batch(svc_map, slots, svc)
-                self._write_batch(svc_map, masters, svc)
+                self._write_batch(svc_map, slots, plan.overwritten_svc)
+                self._write_batch(svc_map, masters, plan.overwritten_svc)
             except DatapathError:
-                self._write_batch(svc_map, lbmap.Upserts(*_restore(slots, svc)), {}, deletes=_added(slots, svc))
-                self._write_batch(be_map, lbmap.Upserts(*_restore(be_up, backends)), {},
-                                  deletes=_added(be_up, backends))
+                self._write_batch(svc_map, _restore(slots, plan.overwritten_svc), {},
+                                  deletes=_added(slots, plan.overwritten_svc))
+                self._write_batch(be_map, _restore(be_up, plan.overwritten_be), {},
+                                  deletes=_added(be_up, plan.overwritten_be))
                 raise
-            # Removal in the reverse order: master entries first (plan.svc_del is in that
+            # Removal after, in the reverse order: master entries first (svc_del is in that
             # order), so no lookup finds a hole.
-            svc_del = [k for k in plan.svc_del if k in svc]
             svc_map.delete_many(svc_del)
-            be_del = [k for k in plan.be_del if k in backends]
             be_map.delete_many(be_del)
             t2 = time.perf_counter()
-            svc.update(slots.items())
-            svc.update(masters.items())
-            for k in svc_del:
-                svc.pop(k, None)
-            backends.update(be_up.items())
-            for k in be_del:
-                backends.pop(k, None)
+            self._svc_count = svc_count + plan.svc_added - len(svc_del)
+            self._be_count = be_count + plan.be_added - len(be_del)
             self._fe = new
             self._rev_ids, self._backend_ids = rev_ids, be_ids
             self._frontends = frontends
             return {"frontends": len(frontends), "changed": len(plan.changed), "removed": len(plan.removed),
-                    "service_entries": len(svc), "backends": len(backends),
+                    "service_entries": self._svc_count, "backends": self._be_count,
                     "written": len(slots) + len(masters) + len(be_up), "deleted": len(svc_del) + len(be_del),
                     "plan_ms": round((t1 - t0) * 1000, 2), "write_ms": round((t2 - t1) * 1000, 2)}
 
@@ -700,10 +704,10 @@ def egress_gw_entries(redirects: Iterable[Any]) -> dict[bytes, bytes]:
     return out
 
 
-def _restore(ups: lbmap.Upserts, old: dict[bytes, bytes]) -> tuple[list[bytes], list[bytes]]:
-    """The (keys, values) that put back what `ups` overwrote."""
+def _restore(ups: lbmap.Upserts, old: dict[bytes, bytes]) -> lbmap.Upserts:
+    """The entries that put back what `ups` overwrote."""
     keys = [k for k in ups.keys if k in old]
-    return keys, [old[k] for k in keys]
+    return lbmap.Upserts(keys, [old[k] for k in keys])
 
 
 def _added(ups: lbmap.Upserts, old: dict[bytes, bytes]) -> list[bytes]:

@@ -243,37 +243,45 @@ class Upserts:
     def as_dict(self) -> dict[bytes, bytes]:
         return dict(zip(self.keys, self.vals))
 
-    def count_new(self, present: Mapping[bytes, bytes]) -> int:
-        """How many of these keys are not in `present` (the map's mirror)."""
-        if not present:
-            return len(self.keys)
-        return len(self.keys) - sum(map(present.__contains__, self.keys))
-
 
 @dataclass(slots=True)
 class SyncPlan:
     """What one sync_services call writes and removes, in the order it must: backends, then
     slots, then masters; deletions master first. Ids released by this sync (removed frontends,
     backends a frontend lost) go back to the allocators only after every id of the sync was
-    handed out, so no key is both written and deleted."""
+    handed out, so no key is both written and deleted. The maps hold exactly the entries of the
+    programmed frontends, so the plan also knows how the maps' fill changes and what each
+    overwritten key held (the rollback of a failed write) without a mirror of the maps."""
 
     changed: list[FrontendKey]       # planned anew: new, changed, adopted and re-synced
     removed: list[FrontendKey]
     slots: Upserts                   # ost_lb4_svc upserts with slot != 0
     masters: Upserts                 # ost_lb4_svc upserts with slot == 0
     be_up: Upserts
-    svc_del: list[bytes]             # every ost_lb4_svc key to delete, master entries first
-    be_del: list[bytes]
-    removed_svc: list[bytes]         # the removed frontends' share of svc_del (master entries first)
-    removed_be: list[bytes]          # ... and of be_del
+    removed_svc: list[bytes]         # every entry of the removed frontends, master entries first
+    removed_be: list[bytes]
+    stale_svc: list[bytes]           # slots that changed frontends no longer have (never a master)
+    stale_be: list[bytes]            # backends that changed frontends no longer have
+    svc_added: int                   # upserts to keys not in the map yet
+    be_added: int
+    overwritten_svc: dict[bytes, bytes]   # upserted keys that are in the map: their current value
+    overwritten_be: dict[bytes, bytes]
+    removed_bks: list[BackendKey]    # the removed frontends' backend keys (their ids are released)
+
+    @property
+    def svc_del(self) -> list[bytes]:
+        """ost_lb4_svc deletions in order: a changed frontend's new master entry (written
+        before any deletion) no longer counts its stale slots, so only removed frontends need
+        their master entry deleted first."""
+        return self.removed_svc + self.stale_svc
+
+    @property
+    def be_del(self) -> list[bytes]:
+        return self.removed_be + self.stale_be
 
     @property
     def svc_up(self) -> dict[bytes, bytes]:
         return {**self.slots.as_dict(), **self.masters.as_dict()}
-
-
-def _is_master(key: bytes) -> bool:
-    return key[8:10] == b"\0\0"
 
 
 def _masters_first(keys: Iterable[bytes]) -> list[bytes]:
@@ -313,16 +321,20 @@ def plan_sync(old: Mapping[FrontendKey, FrontendRecord], new: dict[FrontendKey, 
 def _plan_sync(old: Mapping[FrontendKey, FrontendRecord], new: dict[FrontendKey, Frontend],
                rev_ids: IdAllocator, backend_ids: IdAllocator, max_slots: int) -> SyncPlan:
     slots, masters, be_up = Upserts(), Upserts(), Upserts()
-    svc_del: list[bytes] = []
-    be_del: list[bytes] = []
+    removed_svc: list[bytes] = []
+    removed_be: list[bytes] = []
+    stale_svc: list[bytes] = []
+    stale_be: list[bytes] = []
+    over_svc: dict[bytes, bytes] = {}
+    over_be: dict[bytes, bytes] = {}
     release_be: list[BackendKey] = []
     removed = [fk for fk in old if fk not in new] if old else []
     for fk in removed:
         svc, be, bks = entries_of(old[fk], fk, rev_ids, backend_ids, max_slots)
-        svc_del.extend(svc)
-        be_del.extend(be)
+        removed_svc.extend(svc)
+        removed_be.extend(be)
         release_be.extend(bks)
-    removed_svc, removed_be = _masters_first(svc_del), list(be_del)
+    removed_bks = list(release_be)
     changed: list[FrontendKey] = []
     if old:
         fresh_fks: list[FrontendKey] = []
@@ -339,13 +351,19 @@ def _plan_sync(old: Mapping[FrontendKey, FrontendRecord], new: dict[FrontendKey,
             old_svc, old_be, old_bks = entries_of(rec, fk, rev_ids, backend_ids, max_slots)
             svc, be, bks = plan_frontend(f, fk, rev_ids, backend_ids, max_slots)
             for k, v in svc.items():
-                if old_svc.get(k) != v:
+                was = old_svc.get(k)
+                if was != v:
                     (masters if k[8:10] == b"\0\0" else slots).add(k, v)
+                    if was is not None:
+                        over_svc[k] = was
             for k, v in be.items():
-                if old_be.get(k) != v:
+                was = old_be.get(k)
+                if was != v:
                     be_up.add(k, v)
-            svc_del.extend(k for k in old_svc if k not in svc)
-            be_del.extend(k for k in old_be if k not in be)
+                    if was is not None:
+                        over_be[k] = was
+            stale_svc.extend(k for k in old_svc if k not in svc)
+            stale_be.extend(k for k in old_be if k not in be)
             if old_bks:
                 kept = set(bks)
                 release_be.extend(bk for bk in dict.fromkeys(old_bks) if bk not in kept)
@@ -359,8 +377,11 @@ def _plan_sync(old: Mapping[FrontendKey, FrontendRecord], new: dict[FrontendKey,
         rev_ids.release(fk)
     for bk in release_be:
         backend_ids.release(bk)
-    return SyncPlan(changed, removed, slots, masters, be_up, _masters_first(svc_del), be_del,
-                    removed_svc, removed_be)
+    # A fresh frontend's keys are all new: its svc keys start with its own VIP:port/proto, its
+    # backend ids were free; every other upsert that is not an overwrite is new too.
+    return SyncPlan(changed, removed, slots, masters, be_up, _masters_first(removed_svc), removed_be,
+                    stale_svc, stale_be, len(slots) + len(masters) - len(over_svc), len(be_up) - len(over_be),
+                    over_svc, over_be, removed_bks)
 
 
 _first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
@@ -496,6 +517,17 @@ def group_by_frontend(services: dict[bytes, bytes], backends: dict[bytes, bytes]
                 b = Lb4Backend.unpack(raw)
                 bks.append((fk, b.address, b.port))
     return out
+
+def orphan_backends(backends: dict[bytes, bytes],
+                    groups: Mapping[FrontendKey, tuple[dict[bytes, bytes], dict[bytes, bytes], list[BackendKey]]]
+                    ) -> list[bytes]:
+    """Backend entries no slot names (a sync interrupted between its backend and slot writes):
+    nothing reaches them and no id allocator knows their ids, so they are deleted on adoption."""
+    named: set[bytes] = set()
+    for _, be, _ in groups.values():
+        named.update(be)
+    return [k for k in backends if k not in named]
+
 
 def adopt(services: dict[bytes, bytes], backends: dict[bytes, bytes], rev_ids: IdAllocator,
           backend_ids: IdAllocator) -> None:
