@@ -148,8 +148,8 @@ POLICY_KIND_NAMES = ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "N
 
 def apply_policies(socket_path: str, sources: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """POST the sources' text to the agent's /v1/apply, policies only; the agent parses, validates (YAML,
-    kinds, fields) and applies all or nothing. Without a reachable agent, the files are checked here first,
-    so a YAML or kind error is reported as such (not as "cannot reach the agent")."""
+    kinds, fields) and applies all or nothing. When the agent cannot be reached, the files are parsed here,
+    so a YAML or kind error is still reported as such (not as "cannot reach the agent")."""
     from mesh.api.client import APIClient
     from mesh.errors import AgentError
 
