@@ -215,7 +215,7 @@ def test_policy_apply_starts_without_yaml_http_client_or_the_policy_model():
     code = ("import sys; from mesh.cli.main import build_parser; build_parser(['policy', 'apply', '-f', 'x']); "
             "import mesh.api.client, mesh.manifest_sources; "
             "print([m for m in ('yaml', 'http.client', 'dataclasses', 'mesh.manifests', 'mesh.policy.parse', "
-            "'mesh.config', 'mesh.cli.observe') if m in sys.modules])")
+            "'mesh.config', 'mesh.cli.observe', 'shutil') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
