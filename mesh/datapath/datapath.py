@@ -604,7 +604,9 @@ class Datapath:
         written in one syscall; on failure what had been written is restored from `old`."""
         if ups:
             try:
-                m.update_batch_lists(ups.keys, ups.vals)
+                if not m.update_batch_raw(*ups.arrays(), len(ups)):
+                    for k, v in ups.items():      # a map type without batch updates
+                        m.update(k, v)
             except DatapathError as exc:
                 for k, v in ups.items():
                     if k in old:
@@ -706,8 +708,7 @@ def egress_gw_entries(redirects: Iterable[Any]) -> dict[bytes, bytes]:
 
 def _restore(ups: lbmap.Upserts, old: dict[bytes, bytes]) -> lbmap.Upserts:
     """The entries that put back what `ups` overwrote."""
-    keys = [k for k in ups.keys if k in old]
-    return lbmap.Upserts(keys, [old[k] for k in keys])
+    return lbmap.Upserts.of(ups.key_size, ups.val_size, ((k, old[k]) for k in ups.keys if k in old))
 
 
 def _added(ups: lbmap.Upserts, old: dict[bytes, bytes]) -> list[bytes]:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import gc
 import socket
 import struct
+import sys
+from array import array
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import reduce
-from itertools import repeat
+from itertools import chain, repeat
 from math import gcd
-from operator import add, attrgetter, itemgetter
+from operator import add, attrgetter, itemgetter, mul
 from typing import Iterable, Iterator, Mapping, Union
 
 from bpf.maps import SVC_FLAG_AFFINITY, BackendId, Lb4Backend, Lb4Key, Lb4Service
@@ -224,24 +226,61 @@ def entries_of(rec: FrontendRecord, fk: FrontendKey, rev_ids: IdAllocator, backe
 
 @dataclass(slots=True)
 class Upserts:
-    """Entries to write into one map, as two parallel lists: the batch syscall takes a key array
-    and a value array, which are then one join each. Keys are distinct."""
+    """Entries to write into one map: the key array and the value array the batch syscall
+    reads, kept in pieces (single entries from the per-frontend planner, whole runs of entries
+    from plan_fresh) and joined once. Keys are distinct."""
 
-    keys: list[bytes] = field(default_factory=list)
-    vals: list[bytes] = field(default_factory=list)
+    key_size: int
+    val_size: int
+    key_parts: list[bytes] = field(default_factory=list)
+    val_parts: list[bytes] = field(default_factory=list)
+    count: int = 0
+
+    @classmethod
+    def of(cls, key_size: int, val_size: int, entries: Iterable[tuple[bytes, bytes]]) -> "Upserts":
+        out = cls(key_size, val_size)
+        for k, v in entries:
+            out.add(k, v)
+        return out
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return self.count
 
     def add(self, key: bytes, value: bytes) -> None:
-        self.keys.append(key)
-        self.vals.append(value)
+        self.key_parts.append(key)
+        self.val_parts.append(value)
+        self.count += 1
+
+    def add_run(self, keys: bytes, values: bytes) -> None:
+        """Entries packed back to back (key_size and val_size bytes each)."""
+        n = len(keys) // self.key_size
+        if n * self.key_size != len(keys) or n * self.val_size != len(values):
+            raise DatapathError(f"a run of {len(keys)} key bytes and {len(values)} value bytes is not "
+                                f"whole entries of {self.key_size}+{self.val_size} bytes")
+        if n:
+            self.key_parts.append(keys)
+            self.val_parts.append(values)
+            self.count += n
+
+    def arrays(self) -> tuple[bytes, bytes]:
+        """(keys, values) as the batch syscall reads them."""
+        return b"".join(self.key_parts), b"".join(self.val_parts)
+
+    @property
+    def keys(self) -> list[bytes]:
+        raw, ks = b"".join(self.key_parts), self.key_size
+        return [raw[i:i + ks] for i in range(0, len(raw), ks)]
+
+    @property
+    def vals(self) -> list[bytes]:
+        raw, vs = b"".join(self.val_parts), self.val_size
+        return [raw[i:i + vs] for i in range(0, len(raw), vs)]
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         return zip(self.keys, self.vals)
 
     def as_dict(self) -> dict[bytes, bytes]:
-        return dict(zip(self.keys, self.vals))
+        return dict(self.items())
 
 
 @dataclass(slots=True)
@@ -320,7 +359,8 @@ def plan_sync(old: Mapping[FrontendKey, FrontendRecord], new: dict[FrontendKey, 
 
 def _plan_sync(old: Mapping[FrontendKey, FrontendRecord], new: dict[FrontendKey, Frontend],
                rev_ids: IdAllocator, backend_ids: IdAllocator, max_slots: int) -> SyncPlan:
-    slots, masters, be_up = Upserts(), Upserts(), Upserts()
+    slots, masters = Upserts(_SVC_KEY.size, _SVC_VAL.size), Upserts(_SVC_KEY.size, _SVC_VAL.size)
+    be_up = Upserts(_BE_KEY.size, _BE_VAL.size)
     removed_svc: list[bytes] = []
     removed_be: list[bytes] = []
     stale_svc: list[bytes] = []
@@ -388,14 +428,45 @@ _first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
 _backends_of = attrgetter("backends")
 _ip_of, _port_of, _weight_of = attrgetter("ip"), attrgetter("port"), attrgetter("weight")
 _timeout_of = attrgetter("affinity_timeout")
-# The 8-byte prefix every key of a frontend shares (vip, port in network order, proto, pad) and
-# a backend value, in one pack each: "!" puts the port in network order as the codecs' "2s" of
-# port_bytes does; 4s and B do not depend on byte order.
-_PREFIX = struct.Struct("!4sHBx")
-_BE_VAL_N = struct.Struct("!4sHBB")
-assert _BE_VAL_N.size == _BE_VAL.size and _PREFIX.size + _SLOT.size == _SVC_KEY.size
-# A master's flags from its affinity timeout: 0 < timeout is a bool, packed as 0 or 1.
+_LITTLE = sys.byteorder == "little"
+assert array("H").itemsize == 2 and array("I").itemsize == 4
+# A master's flags from its affinity timeout: 0 < timeout is a bool, stored as 0 or 1.
 assert SVC_FLAG_AFFINITY == 1
+
+
+def _le(typecode: str, values: Iterable[int]) -> bytes:
+    """Unsigned integers as little-endian fields of array `typecode`'s size, back to back."""
+    a = array(typecode, values)
+    if not _LITTLE:
+        a.byteswap()
+    return a.tobytes()
+
+
+def _be16(values: Iterable[int]) -> bytes:
+    """Ports in network order, 2 bytes each, back to back."""
+    a = array("H", values)
+    if _LITTLE:
+        a.byteswap()
+    return a.tobytes()
+
+
+def _records(n: int, size: int, columns: Iterable[tuple[int, int, bytes]]) -> bytes:
+    """n records of `size` bytes, zero but for the columns (offset, width, data): data holds n
+    fields of `width` bytes back to back and field i lands at `offset` of record i. One
+    extended-slice copy per byte of a field's width: C-level work, none per record."""
+    out = bytearray(n * size)
+    for off, width, data in columns:
+        for j in range(width):
+            out[off + j::size] = data[j::width]
+    return bytes(out)
+
+
+def _check_range(values: list, hi: int, what: str, fronts: list[Frontend]) -> None:
+    """The first value that is no integer in 0..hi, as a DatapathError naming its frontend."""
+    for v, f in zip(values, fronts):
+        if not (isinstance(v, int) and 0 <= v <= hi):
+            raise DatapathError(f"frontend {f.vip}:{f.port}/{f.protocol} (service {f.service or '?'}): "
+                                f"{what} {v!r} is outside 0..{hi}") from None
 
 
 def plan_fresh(fks: list[FrontendKey], fronts: list[Frontend], rev_ids: IdAllocator,
@@ -403,16 +474,14 @@ def plan_fresh(fks: list[FrontendKey], fronts: list[Frontend], rev_ids: IdAlloca
                be_up: Upserts) -> None:
     """Entries of frontends that have none yet (distinct keys, no ids allocated), appended to
     the batches: the same bytes, ids and order as plan_frontend one frontend after the other,
-    but built a column at a time (all VIP prefixes, all backend ids, all slot keys ...) with
-    C-level map/zip/join, so that a full load of 10,000s of services costs a few Python
-    operations per column instead of dozens per service."""
+    built a column at a time instead (all VIPs, all ports, all backend ids ...) and laid out
+    into the key and value arrays the kernel reads by byte lanes (_records), so a full load of
+    10,000s of services makes no Python object per entry and runs no Python code per entry
+    beyond a few C-level map/zip calls."""
     n = len(fks)
-    revs = rev_ids.take(fks)
-    if revs is None:     # some key already has an id (not expected): the sequential way
-        revs = [rev_ids.get(fk) for fk in fks]
+    ports = list(map(_second, fks))
+    timeouts = list(map(_timeout_of, fronts))
     protos = list(map(_third, fks))
-    aton = _inet_aton
-    prefixes = list(map(_PREFIX.pack, map(aton, map(_first, fks)), map(_second, fks), protos))
     bts = list(map(_backends_of, fronts))
     counts = list(map(len, bts))
     ones = counts.count(1) == n          # one backend each: one slot each, no duplicates
@@ -439,46 +508,73 @@ def plan_fresh(fks: list[FrontendKey], fronts: list[Frontend], rev_ids: IdAlloca
                     total += k
             totals.append(total)
         ones = False
-    proto_rep = protos if ones else list(map(_third, fk_rep))
     ips = list(map(_ip_of, flat))
-    ports = list(map(_port_of, flat))
-    ip_bytes = {ip: aton(ip) for ip in set(ips)}       # backends share addresses across services
-    be_vals = list(map(_BE_VAL_N.pack, map(ip_bytes.__getitem__, ips), ports, proto_rep, repeat(0)))
-    bks = list(zip(fk_rep, ips, ports))
-    uniq: dict | None = None if ones else dict.fromkeys(bks)
+    bports = list(map(_port_of, flat))
+    try:
+        _plan_fresh_entries(fks, ports, protos, timeouts, totals, flat, nslots, fk_rep, ips, bports, ones,
+                            rev_ids, backend_ids, slots, masters, be_up)
+    except (OverflowError, TypeError):
+        # A field the arrays cannot hold (array() checks every value in C): say which.
+        _check_range(ports, 0xFFFF, "port", fronts)
+        _check_range(timeouts, 0xFFFFFFFF, "affinity timeout", fronts)
+        _check_range(totals, 0xFFFF, "slot count", fronts)
+        backend_of = {id(b): fk for b, fk in zip(flat, fk_rep)}
+        for b in flat:
+            if not (isinstance(b.port, int) and 0 <= b.port <= 0xFFFF):
+                fk = backend_of[id(b)]
+                raise DatapathError(f"frontend {fk[0]}:{fk[1]}: backend {b.ip} port {b.port!r} is outside 0..65535") from None
+        raise
+
+
+def _plan_fresh_entries(fks: list[FrontendKey], ports: list[int], protos: list[int], timeouts: list[int],
+                        totals: list[int], flat: list, nslots: list[int] | None, fk_rep: list[FrontendKey],
+                        ips: list[str], bports: list[int], ones: bool, rev_ids: IdAllocator,
+                        backend_ids: IdAllocator, slots: Upserts, masters: Upserts, be_up: Upserts) -> None:
+    n = len(fks)
+
+    # Ids, in the order plan_frontend would take them: the frontends' service ids, then per
+    # backend in order, the same backend twice in one frontend sharing one id.
+    revs = rev_ids.take(fks)
+    if revs is None:     # some key already has an id (not expected): the sequential way
+        revs = [rev_ids.get(fk) for fk in fks]
+    bks = list(zip(fk_rep, ips, bports))
+    uniq = None if ones else dict.fromkeys(bks)
     if uniq is not None and len(uniq) != len(bks):
-        # The same backend twice in one frontend: one id, one backend entry, several slots.
         ukeys = list(uniq)
         got = backend_ids.take(ukeys)
-        by_key = dict(zip(ukeys, got if got is not None else [backend_ids.get(bk) for bk in ukeys]))
+        ubids = got if got is not None else [backend_ids.get(bk) for bk in ukeys]
+        by_key = dict(zip(ukeys, ubids))
         bids = list(map(by_key.__getitem__, bks))
-        bkeys = list(map(_BE_KEY.pack, bids))
-        dedup = dict(zip(bkeys, be_vals))
-        be_up.keys.extend(dedup)
-        be_up.vals.extend(dedup.values())
+        u_ips, u_ports, u_protos = list(map(_second, ukeys)), list(map(_third, ukeys)), list(map(_third, map(_first, ukeys)))
     else:
         got = backend_ids.take(bks)
-        bids = got if got is not None else [backend_ids.get(bk) for bk in bks]
-        bkeys = list(map(_BE_KEY.pack, bids))
-        be_up.keys.extend(bkeys)
-        be_up.vals.extend(be_vals)
-    suffix, tail = _SLOT_SUFFIX, _SLOT_VAL_TAIL
+        ubids = bids = got if got is not None else [backend_ids.get(bk) for bk in bks]
+        u_ips, u_ports, u_protos = ips, bports, (protos if ones else list(map(_third, fk_rep)))
+
+    # ost_lb4_backend: id -> (ip, port in network order, proto, flags 0).
+    aton = _inet_aton
+    ip_bytes = {ip: aton(ip) for ip in set(u_ips)}       # backends share addresses across services
+    m = len(ubids)
+    be_up.add_run(_le("I", ubids),
+                  _records(m, 8, ((0, 4, b"".join(map(ip_bytes.__getitem__, u_ips))), (4, 2, _be16(u_ports)),
+                                  (6, 1, bytes(u_protos)))))
+    # ost_lb4_svc keys: (vip, port in network order, proto, pad) then (slot, pad), little-endian.
+    prefix = _records(n, 8, ((0, 4, b"".join(map(aton, map(_first, fks)))), (4, 2, _be16(ports)),
+                             (6, 1, bytes(protos))))
     if ones:
-        slots.keys.extend(map(add, prefixes, repeat(suffix[1])))
-        slots.vals.extend(map(add, bkeys, repeat(tail)))
+        slots.add_run(_records(n, 12, ((0, 8, prefix), (8, 1, b"\x01" * n))),
+                      _records(n, 16, ((0, 4, _le("I", bids)),)))
     else:
-        pack_slot = _SLOT.pack
-        slots.keys.extend([p + (suffix[s] if s < 1025 else pack_slot(s, 0))
-                           for p, c in zip(prefixes, totals) for s in range(1, c + 1)])
-        if nslots is None:
-            slots.vals.extend(map(add, bkeys, repeat(tail)))
-        else:
-            vals = slots.vals
-            for bkey, k in zip(bkeys, nslots):
-                vals.extend([bkey + tail] * k)
-    timeouts = list(map(_timeout_of, fronts))
-    masters.keys.extend(map(add, prefixes, repeat(suffix[0])))
-    masters.vals.extend(map(_SVC_VAL.pack, repeat(0), totals, map((0).__lt__, timeouts), revs, timeouts))
+        total = sum(totals)
+        prefixes = [prefix[i:i + 8] for i in range(0, 8 * n, 8)]
+        slot_no = _le("H", chain.from_iterable(map(range, repeat(1), map(add, totals, repeat(1)))))
+        slot_bids = bids if nslots is None else chain.from_iterable(map(repeat, bids, nslots))
+        slots.add_run(_records(total, 12, ((0, 8, b"".join(map(mul, prefixes, totals))), (8, 2, slot_no))),
+                      _records(total, 16, ((0, 4, _le("I", slot_bids)),)))
+    # Master entries: (backend_id 0, count, flags, rev_nat_id, affinity timeout).
+    masters.add_run(_records(n, 12, ((0, 8, prefix),)),
+                    _records(n, 16, ((4, 2, _le("H", totals)), (6, 2, _le("H", map((0).__lt__, timeouts))),
+                                     (8, 4, _le("I", revs)), (12, 4, _le("I", timeouts)))))
 
 
 def plan(frontends: Iterable[Frontend], rev_ids: IdAllocator, backend_ids: IdAllocator,
