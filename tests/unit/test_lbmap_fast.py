@@ -272,6 +272,12 @@ def test_incremental_syncs_write_only_what_changed_and_keep_ids(seed):
         assert p.be_up.as_dict() == {k: v for k, v in want_be.items() if before_be.get(k) != v}
         assert sorted(p.svc_del) == sorted(set(before_svc) - set(want_svc))
         assert sorted(p.be_del) == sorted(set(before_be) - set(want_be))
+        # Fill change and rollback values without a mirror: new keys counted, overwritten ones
+        # remembered with what they held.
+        assert p.svc_added == len(set(up) - set(before_svc))
+        assert p.be_added == len(set(p.be_up.keys) - set(before_be))
+        assert p.overwritten_svc == {k: before_svc[k] for k in up if k in before_svc}
+        assert p.overwritten_be == {k: before_be[k] for k in p.be_up.keys if k in before_be}
         assert all(k[8:10] != b"\0\0" for k in p.slots.keys) and all(k[8:10] == b"\0\0" for k in p.masters.keys)
         # Deletions master entries first; the removed frontends' share listed apart.
         flags = [k[8:10] == b"\0\0" for k in p.svc_del]
@@ -322,6 +328,21 @@ def test_a_service_replacing_another_keeps_its_backend():
     # The freed ids are reused by the next sync.
     p = lbmap.plan_sync(lbmap.index_frontends([b]), lbmap.index_frontends([b, a]), *ids)
     assert sorted(ids[1].ids.values()) == [1, 2] and sorted(ids[0].ids.values()) == [1, 2]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (Frontend("10.96.0.1", 70000, "TCP", (Backend("10.1.0.1", 80),), 0, "ns/a"),
+     "frontend 10.96.0.1:70000/TCP \\(service ns/a\\): port 70000 is outside 0..65535"),
+    (Frontend("10.96.0.1", 80, "TCP", (Backend("10.1.0.1", 80), Backend("10.1.0.2", -1)), 0, "ns/a"),
+     "frontend 10.96.0.1:80: backend 10.1.0.2 port -1 is outside 0..65535"),
+    (Frontend("10.96.0.1", 80, "TCP", (Backend("10.1.0.1", 80),), -5, "ns/a"),
+     "affinity timeout -5 is outside 0..4294967295"),
+])
+def test_a_fresh_frontend_with_a_field_the_map_cannot_hold_is_named(bad, message):
+    from mesh.errors import DatapathError
+    ok = Frontend("10.96.9.9", 80, "TCP", (Backend("10.1.0.1", 80),))
+    with pytest.raises(DatapathError, match=message):
+        lbmap.plan_sync({}, lbmap.index_frontends([ok, bad]), IdAllocator(limit=0xFFFF), IdAllocator())
 
 
 def test_index_frontends_conflict_and_unknown_protocol():
@@ -402,3 +423,87 @@ def test_batch_writes_and_synced_maps_hold_what_the_reference_planner_says(live_
     with pytest.raises(DatapathError, match="not 2 entries of 4\\+8 bytes"):
         be_map.update_batch_raw(b"\0" * 8, b"\0" * 15, 2)
     be_map.delete_many(list(entries))
+
+
+def _svc_dump(dp):
+    return dict(dp._maps["ost_lb4_svc"].items()), dict(dp._maps["ost_lb4_backend"].items())
+
+
+@pytest.mark.root
+def test_a_service_replacing_another_in_one_sync_has_its_backend_in_the_kernel(live_datapath):
+    dp = live_datapath
+    a = Frontend("10.96.0.1", 80, "TCP", (Backend("10.1.0.1", 80),), 0, "d/a")
+    b = Frontend("10.96.0.2", 80, "TCP", (Backend("10.1.0.2", 80),), 0, "d/b")
+    dp.sync_services([a])
+    st = dp.sync_services([b])
+    svc, be = _svc_dump(dp)
+    slot = next(v for k, v in svc.items() if k[8:10] != b"\0\0")
+    assert socket.inet_ntoa(be[slot[:4]][:4]) == "10.1.0.2"
+    assert (st["service_entries"], st["backends"]) == (len(svc), len(be)) == (2, 1)
+
+
+@pytest.mark.root
+def test_a_write_failing_half_way_leaves_the_maps_as_they_were(live_datapath, monkeypatch):
+    from mesh.errors import DatapathError
+
+    dp = live_datapath
+    rng = random.Random(11)
+    first = random_frontends(rng, 120)
+    dp.sync_services(first)
+    before = _svc_dump(dp)
+    # Changed, removed and new frontends in one sync, whose master entries fail after the
+    # kernel took them all (the worst case): everything written is put back.
+    second = [_mutate(rng, f) for f in first[:60]] + random_frontends(rng, 40, net=120)
+    svc_map = dp._maps["ost_lb4_svc"]
+    real = type(svc_map).update_batch_raw
+    calls = []
+
+    def failing(self, keys, values, count):
+        calls.append(count)
+        real(self, keys, values, count)
+        if self is svc_map and len(calls) == 3:     # backends, slots, then masters
+            raise DatapathError("injected failure")
+        return True
+
+    monkeypatch.setattr(type(svc_map), "update_batch_raw", failing)
+    with pytest.raises(DatapathError, match="injected"):
+        dp.sync_services(second)
+    monkeypatch.undo()
+    assert _svc_dump(dp) == before
+    again = dp.sync_services(first)
+    assert again["written"] == 0 and again["deleted"] == 0
+    st = dp.sync_services(second)
+    svc, be = _svc_dump(dp)
+    want_svc, want_be = {}, {}
+    for fk, f in lbmap.index_frontends(second).items():
+        s_, b_, _ = ref_plan_frontend(f, fk, dp._rev_ids, dp._backend_ids)
+        want_svc.update(s_)
+        want_be.update(b_)
+    assert (svc, be) == (want_svc, want_be)
+    assert (st["service_entries"], st["backends"]) == (len(svc), len(be))
+
+
+@pytest.mark.root
+def test_adoption_drops_backend_entries_no_slot_names(live_datapath):
+    from mesh.datapath import Datapath
+
+    dp = live_datapath
+    fronts = random_frontends(random.Random(5), 50)
+    dp.sync_services(fronts)
+    svc, be = _svc_dump(dp)
+    # What a sync killed between its backend and slot writes leaves behind.
+    orphan = _BE_KEY.pack(60000)
+    dp._maps["ost_lb4_backend"].update(orphan, _BE_VAL.pack(socket.inet_aton("10.9.9.9"), _PORT.pack(80), 6, 0))
+    dp.close()
+    dp2 = Datapath(dp.config)
+    try:
+        report = dp2.start()
+        assert report.adopted_services == len(lbmap.index_frontends(fronts))
+        assert _svc_dump(dp2) == (svc, be)
+        st = dp2.sync_services(fronts)
+        assert st["written"] == 0 and st["deleted"] == 0
+        assert (st["service_entries"], st["backends"]) == (len(svc), len(be))
+        assert dp2.sync_services([])["deleted"] == len(svc) + len(be)
+        assert _svc_dump(dp2) == ({}, {})
+    finally:
+        dp2.close()
