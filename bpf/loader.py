@@ -302,18 +302,6 @@ class Map:
         for k, v in entries.items():
             self.update(k, v)
 
-    def update_batch_lists(self, keys: list[bytes], values: list[bytes]) -> None:
-        """update_batch for parallel key and value lists (entry i is keys[i] -> values[i]): each
-        list is joined once into the array the syscall reads."""
-        if not keys:
-            return
-        if len(keys) != len(values):
-            raise DatapathError(f"batch update of map {self.name}: {len(keys)} keys but {len(values)} values")
-        if self.update_batch_raw(b"".join(keys), b"".join(values), len(keys)):
-            return
-        for k, v in zip(keys, values):
-            self.update(k, v)
-
     def update_batch_raw(self, keys: bytes, values: bytes, count: int) -> bool:
         """Write `count` entries given as contiguous key and value arrays (key_size and
         value_size bytes each, in the same order) in one syscall. Returns False, having written
