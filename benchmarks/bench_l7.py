@@ -394,9 +394,10 @@ def main() -> int:
     ap.add_argument("--apply-only", action="store_true",
                     help="measure apply-to-enforced at 1,000 rules only (API and CLI), no load runs")
     ap.add_argument("--repeats", type=int, default=5, help="--apply-only: applies per variant (median reported)")
-    ap.add_argument("--probe-interval", type=float, default=0.0, metavar="MS",
-                    help="--apply-only: pause between the prober's requests (default 0: back to back, as the full "
-                         "run; the prober then keeps a CPU busy, and Envoy and the agent's access log with it)")
+    ap.add_argument("--probe-interval", type=float, default=1.0, metavar="MS",
+                    help="pause between the apply-to-enforced prober's requests (default 1 ms: the figure's "
+                         "resolution; 0 = back to back, which keeps one of the two CPUs busy, and Envoy and the "
+                         "agent's access log with it, while the apply is measured)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_l7: run as root (network namespaces, BPF, Envoy's transparent listeners)", file=sys.stderr)
@@ -466,7 +467,8 @@ def main() -> int:
                     via = "cli" if rnd % 2 else "api"
                     enforce.setdefault(via, []).append(
                         apply_to_enforced(a, web, policy(RULES, probe=f"/probe-{rnd}", only_web=True),
-                                          f"/probe-{rnd}", via_cli=via == "cli"))
+                                          f"/probe-{rnd}", via_cli=via == "cli",
+                                          probe_interval_ms=args.probe_interval))
                     apply_policy(a, policy(RULES, probe=f"/probe-{rnd}"), web, l7=True)  # and gRPC's
                 else:
                     apply_policy(a, policy(n_rules), web, l7=n_rules > 0)
