@@ -515,21 +515,19 @@ class Datapath:
             self._check_capacity(svc_map, svc_peak - len(plan.removed_svc) - len(plan.stale_svc))
             self._check_capacity(be_map, be_peak - len(plan.removed_be) - len(plan.stale_be))
             t1 = time.perf_counter()
-            svc_del, be_del = plan.svc_del, plan.be_del
+            early, early_deleted = False, 0
             if svc_peak > svc_map.info.max_entries or be_peak > be_map.info.max_entries:
                 # Room is only there once removed services are gone: remove them first.
-                svc_map.delete_many(plan.removed_svc)
-                be_map.delete_many(plan.removed_be)
+                svc_map.delete_batch_raw(plan.removed_svc.array(), len(plan.removed_svc))
+                be_map.delete_batch_raw(plan.removed_be.array(), len(plan.removed_be))
                 self._svc_count = svc_count = svc_count - len(plan.removed_svc)
                 self._be_count = be_count = be_count - len(plan.removed_be)
                 # That much is done even if what follows fails: forget them, free their ids.
                 self._fe = {fk: rec for fk, rec in self._fe.items() if fk in new}
                 self._rev_ids, self._backend_ids = self._rev_ids.copy(), self._backend_ids.copy()
-                for fk in plan.removed:
-                    self._rev_ids.release(fk)
-                for bk in plan.removed_bks:
-                    self._backend_ids.release(bk)
-                svc_del, be_del = plan.stale_svc, plan.stale_be
+                self._rev_ids.release_many(plan.removed)
+                self._backend_ids.release_many(plan.removed_bks)
+                early, early_deleted = True, len(plan.removed_svc) + len(plan.removed_be)
             # Backends before the slots naming them, slots before the master entry counting them.
             self._write_batch(be_map, be_up, plan.overwritten_be)
             try:
@@ -543,17 +541,19 @@ class Datapath:
                 raise
             # Removal after, in the reverse order: master entries first (svc_del is in that
             # order), so no lookup finds a hole.
-            svc_map.delete_many(svc_del)
-            be_map.delete_many(be_del)
+            svc_del = _joined(plan.stale_svc if early else (plan.removed_svc, plan.stale_svc))
+            be_del = _joined(plan.stale_be if early else (plan.removed_be, plan.stale_be))
+            svc_map.delete_batch_raw(*svc_del)
+            be_map.delete_batch_raw(*be_del)
             t2 = time.perf_counter()
-            self._svc_count = svc_count + plan.svc_added - len(svc_del)
-            self._be_count = be_count + plan.be_added - len(be_del)
+            self._svc_count = svc_count + plan.svc_added - svc_del[1]
+            self._be_count = be_count + plan.be_added - be_del[1]
             self._fe = new
             self._rev_ids, self._backend_ids = rev_ids, be_ids
             self._frontends = frontends
             return {"frontends": len(frontends), "changed": len(plan.changed), "removed": len(plan.removed),
                     "service_entries": self._svc_count, "backends": self._be_count,
-                    "written": len(slots) + len(masters) + len(be_up), "deleted": len(svc_del) + len(be_del),
+                    "written": len(slots) + len(masters) + len(be_up), "deleted": svc_del[1] + be_del[1] + early_deleted,
                     "plan_ms": round((t1 - t0) * 1000, 2), "write_ms": round((t2 - t1) * 1000, 2)}
 
     def frontends(self) -> list[Frontend]:
@@ -704,6 +704,12 @@ def egress_gw_entries(redirects: Iterable[Any]) -> dict[bytes, bytes]:
             for cidr in r.excluded:
                 out[EgressGwKey.of(src, cidr).pack()] = EgressGwValue(0).pack()
     return out
+
+
+def _joined(keys: lbmap.Keys | tuple[lbmap.Keys, ...]) -> tuple[bytes, int]:
+    """(key array, count) of one or more Keys, in order."""
+    parts = (keys,) if isinstance(keys, lbmap.Keys) else keys
+    return b"".join(k.array() for k in parts), sum(len(k) for k in parts)
 
 
 def _restore(ups: lbmap.Upserts, old: dict[bytes, bytes]) -> lbmap.Upserts:

@@ -70,6 +70,11 @@ class IdAllocator:
         if got is not None:
             self._free.append(got)
 
+    def release_many(self, keys: Iterable) -> None:
+        """release() for each key, in order (C-level: a full removal releases 10,000s). Ids
+        start at 1, so filter(None) drops exactly the keys that had none."""
+        self._free.extend(filter(None, map(self.ids.pop, keys, repeat(None))))
+
     def take(self, keys: list) -> list[int] | None:
         """Ids for distinct keys at once: the ids get() would hand out one key after the other,
         from the free list (last released first), then new ones. None, with nothing changed,
@@ -284,6 +289,42 @@ class Upserts:
 
 
 @dataclass(slots=True)
+class Keys:
+    """Keys to delete from one map, in order: single keys and runs of keys packed back to back
+    (plan_fresh's arrays), joined once for the batch syscall."""
+
+    key_size: int
+    parts: list[bytes] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, key: bytes) -> None:
+        self.parts.append(key)
+        self.count += 1
+
+    def extend(self, keys: Iterable[bytes]) -> None:
+        for k in keys:
+            self.add(k)
+
+    def add_run(self, raw: bytes) -> None:
+        n = len(raw) // self.key_size
+        if n * self.key_size != len(raw):
+            raise DatapathError(f"a run of {len(raw)} key bytes is not whole keys of {self.key_size} bytes")
+        if n:
+            self.parts.append(raw)
+            self.count += n
+
+    def __len__(self) -> int:
+        return self.count
+
+    def array(self) -> bytes:
+        return b"".join(self.parts)
+
+    def __iter__(self) -> Iterator[bytes]:
+        raw, ks = self.array(), self.key_size
+        return iter([raw[i:i + ks] for i in range(0, len(raw), ks)])
+
+
+@dataclass(slots=True)
 class SyncPlan:
     """What one sync_services call writes and removes, in the order it must: backends, then
     slots, then masters; deletions master first. Ids released by this sync (removed frontends,
@@ -297,10 +338,10 @@ class SyncPlan:
     slots: Upserts                   # ost_lb4_svc upserts with slot != 0
     masters: Upserts                 # ost_lb4_svc upserts with slot == 0
     be_up: Upserts
-    removed_svc: list[bytes]         # every entry of the removed frontends, master entries first
-    removed_be: list[bytes]
-    stale_svc: list[bytes]           # slots that changed frontends no longer have (never a master)
-    stale_be: list[bytes]            # backends that changed frontends no longer have
+    removed_svc: Keys                # every entry of the removed frontends, master entries first
+    removed_be: Keys
+    stale_svc: Keys                  # slots that changed frontends no longer have (never a master)
+    stale_be: Keys                   # backends that changed frontends no longer have
     svc_added: int                   # upserts to keys not in the map yet
     be_added: int
     overwritten_svc: dict[bytes, bytes]   # upserted keys that are in the map: their current value
@@ -312,11 +353,11 @@ class SyncPlan:
         """ost_lb4_svc deletions in order: a changed frontend's new master entry (written
         before any deletion) no longer counts its stale slots, so only removed frontends need
         their master entry deleted first."""
-        return self.removed_svc + self.stale_svc
+        return [*self.removed_svc, *self.stale_svc]
 
     @property
     def be_del(self) -> list[bytes]:
-        return self.removed_be + self.stale_be
+        return [*self.removed_be, *self.stale_be]
 
     @property
     def svc_up(self) -> dict[bytes, bytes]:
@@ -361,19 +402,34 @@ def _plan_sync(old: Mapping[FrontendKey, FrontendRecord], new: dict[FrontendKey,
                rev_ids: IdAllocator, backend_ids: IdAllocator, max_slots: int) -> SyncPlan:
     slots, masters = Upserts(_SVC_KEY.size, _SVC_VAL.size), Upserts(_SVC_KEY.size, _SVC_VAL.size)
     be_up = Upserts(_BE_KEY.size, _BE_VAL.size)
-    removed_svc: list[bytes] = []
-    removed_be: list[bytes] = []
-    stale_svc: list[bytes] = []
-    stale_be: list[bytes] = []
+    removed_svc, stale_svc = Keys(_SVC_KEY.size), Keys(_SVC_KEY.size)
+    removed_be, stale_be = Keys(_BE_KEY.size), Keys(_BE_KEY.size)
     over_svc: dict[bytes, bytes] = {}
     over_be: dict[bytes, bytes] = {}
     release_be: list[BackendKey] = []
-    removed = [fk for fk in old if fk not in new] if old else []
-    for fk in removed:
-        svc, be, bks = entries_of(old[fk], fk, rev_ids, backend_ids, max_slots)
-        removed_svc.extend(svc)
-        removed_be.extend(be)
-        release_be.extend(bks)
+    removed = ([fk for fk in old if fk not in new] if new else list(old)) if old else []
+    if removed:
+        # The removed frontends' entries: those planned from a Frontend are planned again, in
+        # bulk like a load (their ids are still allocated), the adopted ones are at hand.
+        gone_fks, gone, adopted_svc = [], [], []
+        for fk in removed:
+            rec = old[fk]
+            if isinstance(rec, AdoptedEntries):
+                adopted_svc.extend(rec.svc)
+                removed_be.extend(rec.be)
+                release_be.extend(rec.bks)
+            else:
+                gone_fks.append(fk)
+                gone.append(rec)
+        gone_slots, gone_masters = Upserts(_SVC_KEY.size, _SVC_VAL.size), Upserts(_SVC_KEY.size, _SVC_VAL.size)
+        gone_be = Upserts(_BE_KEY.size, _BE_VAL.size)
+        if gone:
+            release_be.extend(plan_fresh(gone_fks, gone, rev_ids, backend_ids, max_slots, gone_slots, gone_masters,
+                                         gone_be, existing=True))
+        removed_svc.add_run(b"".join(gone_masters.key_parts))
+        removed_svc.extend(_masters_first(adopted_svc))
+        removed_svc.add_run(b"".join(gone_slots.key_parts))
+        removed_be.add_run(b"".join(gone_be.key_parts))
     removed_bks = list(release_be)
     changed: list[FrontendKey] = []
     if old:
@@ -413,13 +469,11 @@ def _plan_sync(old: Mapping[FrontendKey, FrontendRecord], new: dict[FrontendKey,
     if fresh:
         plan_fresh(fresh_fks, fresh, rev_ids, backend_ids, max_slots, slots, masters, be_up)
         changed.extend(fresh_fks)
-    for fk in removed:
-        rev_ids.release(fk)
-    for bk in release_be:
-        backend_ids.release(bk)
+    rev_ids.release_many(removed)
+    backend_ids.release_many(release_be)
     # A fresh frontend's keys are all new: its svc keys start with its own VIP:port/proto, its
     # backend ids were free; every other upsert that is not an overwrite is new too.
-    return SyncPlan(changed, removed, slots, masters, be_up, _masters_first(removed_svc), removed_be,
+    return SyncPlan(changed, removed, slots, masters, be_up, removed_svc, removed_be,
                     stale_svc, stale_be, len(slots) + len(masters) - len(over_svc), len(be_up) - len(over_be),
                     over_svc, over_be, removed_bks)
 
@@ -471,13 +525,15 @@ def _check_range(values: list, hi: int, what: str, fronts: list[Frontend]) -> No
 
 def plan_fresh(fks: list[FrontendKey], fronts: list[Frontend], rev_ids: IdAllocator,
                backend_ids: IdAllocator, max_slots: int, slots: Upserts, masters: Upserts,
-               be_up: Upserts) -> None:
+               be_up: Upserts, existing: bool = False) -> list[BackendKey]:
     """Entries of frontends that have none yet (distinct keys, no ids allocated), appended to
     the batches: the same bytes, ids and order as plan_frontend one frontend after the other,
     built a column at a time instead (all VIPs, all ports, all backend ids ...) and laid out
     into the key and value arrays the kernel reads by byte lanes (_records), so a full load of
     10,000s of services makes no Python object per entry and runs no Python code per entry
-    beyond a few C-level map/zip calls."""
+    beyond a few C-level map/zip calls. With `existing`, the frontends are programmed already
+    and their ids are looked up instead (their entries, to remove them). Returns the backend
+    keys, each once."""
     n = len(fks)
     ports = list(map(_second, fks))
     timeouts = list(map(_timeout_of, fronts))
@@ -511,8 +567,8 @@ def plan_fresh(fks: list[FrontendKey], fronts: list[Frontend], rev_ids: IdAlloca
     ips = list(map(_ip_of, flat))
     bports = list(map(_port_of, flat))
     try:
-        _plan_fresh_entries(fks, ports, protos, timeouts, totals, flat, nslots, fk_rep, ips, bports, ones,
-                            rev_ids, backend_ids, slots, masters, be_up)
+        return _plan_fresh_entries(fks, ports, protos, timeouts, totals, flat, nslots, fk_rep, ips, bports, ones,
+                                   rev_ids, backend_ids, slots, masters, be_up, existing)
     except (OverflowError, TypeError):
         # A field the arrays cannot hold (array() checks every value in C): say which.
         _check_range(ports, 0xFFFF, "port", fronts)
@@ -529,26 +585,25 @@ def plan_fresh(fks: list[FrontendKey], fronts: list[Frontend], rev_ids: IdAlloca
 def _plan_fresh_entries(fks: list[FrontendKey], ports: list[int], protos: list[int], timeouts: list[int],
                         totals: list[int], flat: list, nslots: list[int] | None, fk_rep: list[FrontendKey],
                         ips: list[str], bports: list[int], ones: bool, rev_ids: IdAllocator,
-                        backend_ids: IdAllocator, slots: Upserts, masters: Upserts, be_up: Upserts) -> None:
+                        backend_ids: IdAllocator, slots: Upserts, masters: Upserts, be_up: Upserts,
+                        existing: bool) -> list[BackendKey]:
     n = len(fks)
 
     # Ids, in the order plan_frontend would take them: the frontends' service ids, then per
     # backend in order, the same backend twice in one frontend sharing one id.
-    revs = rev_ids.take(fks)
-    if revs is None:     # some key already has an id (not expected): the sequential way
-        revs = [rev_ids.get(fk) for fk in fks]
+    ids_of = _ids_of if existing else _take_ids
+    revs = ids_of(rev_ids, fks)
     bks = list(zip(fk_rep, ips, bports))
     uniq = None if ones else dict.fromkeys(bks)
     if uniq is not None and len(uniq) != len(bks):
         ukeys = list(uniq)
-        got = backend_ids.take(ukeys)
-        ubids = got if got is not None else [backend_ids.get(bk) for bk in ukeys]
+        ubids = ids_of(backend_ids, ukeys)
         by_key = dict(zip(ukeys, ubids))
         bids = list(map(by_key.__getitem__, bks))
         u_ips, u_ports, u_protos = list(map(_second, ukeys)), list(map(_third, ukeys)), list(map(_third, map(_first, ukeys)))
     else:
-        got = backend_ids.take(bks)
-        ubids = bids = got if got is not None else [backend_ids.get(bk) for bk in bks]
+        ukeys = bks
+        ubids = bids = ids_of(backend_ids, bks)
         u_ips, u_ports, u_protos = ips, bports, (protos if ones else list(map(_third, fk_rep)))
 
     # ost_lb4_backend: id -> (ip, port in network order, proto, flags 0).
@@ -575,6 +630,21 @@ def _plan_fresh_entries(fks: list[FrontendKey], ports: list[int], protos: list[i
     masters.add_run(_records(n, 12, ((0, 8, prefix),)),
                     _records(n, 16, ((4, 2, _le("H", totals)), (6, 2, _le("H", map((0).__lt__, timeouts))),
                                      (8, 4, _le("I", revs)), (12, 4, _le("I", timeouts)))))
+    return ukeys
+
+
+def _take_ids(alloc: IdAllocator, keys: list) -> list[int]:
+    got = alloc.take(keys)
+    # Some key has an id already (not expected for a new frontend): the sequential way.
+    return got if got is not None else [alloc.get(k) for k in keys]
+
+
+def _ids_of(alloc: IdAllocator, keys: list) -> list[int]:
+    try:
+        return list(map(alloc.ids.__getitem__, keys))
+    except KeyError as exc:
+        raise DatapathError(f"socket-LB state is inconsistent: {exc.args[0]!r} is programmed but has no id; "
+                            "restart the agent to re-adopt the maps") from None
 
 
 def plan(frontends: Iterable[Frontend], rev_ids: IdAllocator, backend_ids: IdAllocator,
