@@ -610,12 +610,12 @@ def _plan_fresh_entries(fks: list[FrontendKey], ports: list[int], protos: list[i
     aton = _inet_aton
     ip_bytes = {ip: aton(ip) for ip in set(u_ips)}       # backends share addresses across services
     m = len(ubids)
+    proto_col = bytes(protos)
     be_up.add_run(_le("I", ubids),
                   _records(m, 8, ((0, 4, b"".join(map(ip_bytes.__getitem__, u_ips))), (4, 2, _be16(u_ports)),
-                                  (6, 1, bytes(u_protos)))))
+                                  (6, 1, proto_col if u_protos is protos else bytes(u_protos)))))
     # ost_lb4_svc keys: (vip, port in network order, proto, pad) then (slot, pad), little-endian.
-    prefix = _records(n, 8, ((0, 4, b"".join(map(aton, map(_first, fks)))), (4, 2, _be16(ports)),
-                             (6, 1, bytes(protos))))
+    prefix = _records(n, 8, ((0, 4, b"".join(map(aton, map(_first, fks)))), (4, 2, _be16(ports)), (6, 1, proto_col)))
     if ones:
         slots.add_run(_records(n, 12, ((0, 8, prefix), (8, 1, b"\x01" * n))),
                       _records(n, 16, ((0, 4, _le("I", bids)),)))
@@ -627,9 +627,10 @@ def _plan_fresh_entries(fks: list[FrontendKey], ports: list[int], protos: list[i
         slots.add_run(_records(total, 12, ((0, 8, b"".join(map(mul, prefixes, totals))), (8, 2, slot_no))),
                       _records(total, 16, ((0, 4, _le("I", slot_bids)),)))
     # Master entries: (backend_id 0, count, flags, rev_nat_id, affinity timeout).
-    masters.add_run(_records(n, 12, ((0, 8, prefix),)),
-                    _records(n, 16, ((4, 2, _le("H", totals)), (6, 2, _le("H", map((0).__lt__, timeouts))),
-                                     (8, 4, _le("I", revs)), (12, 4, _le("I", timeouts)))))
+    master_cols = [(4, 2, _le("H", totals)), (8, 4, _le("I", revs))]
+    if any(timeouts):    # else flags and timeouts stay zero
+        master_cols += [(6, 2, _le("H", [t > 0 for t in timeouts])), (12, 4, _le("I", timeouts))]
+    masters.add_run(_records(n, 12, ((0, 8, prefix),)), _records(n, 16, master_cols))
     return ukeys
 
 
