@@ -21,7 +21,11 @@ from mesh.errors import ConflictError, DatapathError
 from mesh.services.model import PROTOCOL_NUMBERS, Frontend
 
 FrontendKey = tuple[str, int, int]           # vip, port, proto number
-BackendKey = tuple[FrontendKey, str, int]    # frontend, backend ip, backend port
+# A backend of a frontend, the key of its backend id: the frontend's 8-byte key prefix (vip,
+# port in network order, proto, pad) + the backend's ip and port (network order), 14 bytes.
+# Bytes, not a tuple: a full load makes 10,000s of them and bytes are no work for the cyclic
+# garbage collector (a tuple is, until a collection has looked at it).
+BackendKey = bytes
 
 
 def slot_weights(weights: list[int], max_slots: int) -> list[int]:
@@ -160,11 +164,12 @@ def plan_frontend(f: Frontend, fk: FrontendKey, rev_ids: IdAllocator, backend_id
     else:
         # Every backend weighs 1 (the common case): one slot each.
         for b in backends:
-            bk = (fk, b.ip, b.port)
+            val = pack_be(_inet_aton(b.ip), pack_port(b.port), proto, 0)
+            bk = prefix + val[:6]
             bid = be_ids.get(bk) or backend_ids.get(bk)
             bks.append(bk)
             bkey = pack_key(bid)
-            be[bkey] = pack_be(_inet_aton(b.ip), pack_port(b.port), proto, 0)
+            be[bkey] = val
             slot += 1
             svc[prefix + (suffix[slot] if slot < 1025 else _SLOT.pack(slot, 0))] = bkey + tail
         backends = ()
@@ -173,11 +178,12 @@ def plan_frontend(f: Frontend, fk: FrontendKey, rev_ids: IdAllocator, backend_id
         for b, n in zip(backends, slots_per):
             if n == 0:
                 continue
-            bk = (fk, b.ip, b.port)
+            val = pack_be(_inet_aton(b.ip), pack_port(b.port), proto, 0)
+            bk = prefix + val[:6]
             bid = be_ids.get(bk) or backend_ids.get(bk)
             bks.append(bk)
             bkey = pack_key(bid)
-            be[bkey] = pack_be(_inet_aton(b.ip), pack_port(b.port), proto, 0)
+            be[bkey] = val
             sval = bkey + tail
             for _ in range(n):
                 slot += 1
@@ -541,87 +547,85 @@ def plan_fresh(fks: list[FrontendKey], fronts: list[Frontend], rev_ids: IdAlloca
     bts = list(map(_backends_of, fronts))
     counts = list(map(len, bts))
     ones = counts.count(1) == n          # one backend each: one slot each, no duplicates
-    fk_rep: list[FrontendKey] = fks      # the frontend of each entry of `flat`
-    if ones:
-        flat: list = list(map(_first, bts))
-    else:
-        flat = [b for bt in bts for b in bt]
-        fk_rep = [fk for fk, c in zip(fks, counts) for _ in range(c)]
+    flat: list = list(map(_first, bts)) if ones else [b for bt in bts for b in bt]
     nslots: list[int] | None = None      # slots per entry of `flat`; None: one each
     totals = counts                      # slots per frontend
+    per_front = counts                   # entries of `flat` per frontend
     if flat and set(map(_weight_of, flat)) != {1}:
         # Weighted or drained backends: slot counts per frontend as plan_frontend makes them
         # (a drained backend gets no slot and no id).
-        flat, nslots, totals, fk_rep = [], [], [], []
-        for fk, bt in zip(fks, bts):
+        flat, nslots, totals, per_front = [], [], [], []
+        for bt in bts:
             ks = [1] * len(bt) if all(b.weight == 1 for b in bt) else slot_weights([b.weight for b in bt], max_slots)
-            total = 0
+            total = used = 0
             for b, k in zip(bt, ks):
                 if k:
                     flat.append(b)
                     nslots.append(k)
-                    fk_rep.append(fk)
                     total += k
+                    used += 1
             totals.append(total)
+            per_front.append(used)
         ones = False
     ips = list(map(_ip_of, flat))
     bports = list(map(_port_of, flat))
     try:
-        return _plan_fresh_entries(fks, ports, protos, timeouts, totals, flat, nslots, fk_rep, ips, bports, ones,
+        return _plan_fresh_entries(fks, ports, protos, timeouts, totals, per_front, nslots, ips, bports, ones,
                                    rev_ids, backend_ids, slots, masters, be_up, existing)
     except (OverflowError, TypeError):
         # A field the arrays cannot hold (array() checks every value in C): say which.
         _check_range(ports, 0xFFFF, "port", fronts)
         _check_range(timeouts, 0xFFFFFFFF, "affinity timeout", fronts)
         _check_range(totals, 0xFFFF, "slot count", fronts)
-        backend_of = {id(b): fk for b, fk in zip(flat, fk_rep)}
-        for b in flat:
-            if not (isinstance(b.port, int) and 0 <= b.port <= 0xFFFF):
-                fk = backend_of[id(b)]
-                raise DatapathError(f"frontend {fk[0]}:{fk[1]}: backend {b.ip} port {b.port!r} is outside 0..65535") from None
+        for f in fronts:
+            for b in f.backends:
+                if not (isinstance(b.port, int) and 0 <= b.port <= 0xFFFF):
+                    raise DatapathError(f"frontend {f.vip}:{f.port}/{f.protocol} (service {f.service or '?'}): "
+                                        f"backend {b.ip} port {b.port!r} is outside 0..65535") from None
         raise
 
 
 def _plan_fresh_entries(fks: list[FrontendKey], ports: list[int], protos: list[int], timeouts: list[int],
-                        totals: list[int], flat: list, nslots: list[int] | None, fk_rep: list[FrontendKey],
-                        ips: list[str], bports: list[int], ones: bool, rev_ids: IdAllocator,
-                        backend_ids: IdAllocator, slots: Upserts, masters: Upserts, be_up: Upserts,
-                        existing: bool) -> list[BackendKey]:
-    n = len(fks)
+                        totals: list[int], per_front: list[int], nslots: list[int] | None, ips: list[str],
+                        bports: list[int], ones: bool, rev_ids: IdAllocator, backend_ids: IdAllocator,
+                        slots: Upserts, masters: Upserts, be_up: Upserts, existing: bool) -> list[BackendKey]:
+    n, m = len(fks), len(ips)
+    aton = _inet_aton
+    # Every frontend's 8-byte key prefix: (vip, port in network order, proto, pad).
+    proto_col = bytes(protos)
+    prefix = _records(n, 8, ((0, 4, b"".join(map(aton, map(_first, fks)))), (4, 2, _be16(ports)), (6, 1, proto_col)))
+    prefixes = None if ones else [prefix[i:i + 8] for i in range(0, 8 * n, 8)]
+    # Backend keys (prefix + backend ip + port), 14 bytes each, one per entry of `flat`.
+    ip_bytes = {ip: aton(ip) for ip in set(ips)}       # backends share addresses across services
+    bk_raw = _records(m, 14, ((0, 8, prefix if ones else b"".join(map(mul, prefixes, per_front))),
+                              (8, 4, b"".join(map(ip_bytes.__getitem__, ips))), (12, 2, _be16(bports))))
+    bks = [bk_raw[i:i + 14] for i in range(0, 14 * m, 14)]
 
     # Ids, in the order plan_frontend would take them: the frontends' service ids, then per
     # backend in order, the same backend twice in one frontend sharing one id.
     ids_of = _ids_of if existing else _take_ids
     revs = ids_of(rev_ids, fks)
-    bks = list(zip(fk_rep, ips, bports))
     uniq = None if ones else dict.fromkeys(bks)
     if uniq is not None and len(uniq) != len(bks):
         ukeys = list(uniq)
         ubids = ids_of(backend_ids, ukeys)
         by_key = dict(zip(ukeys, ubids))
         bids = list(map(by_key.__getitem__, bks))
-        u_ips, u_ports, u_protos = list(map(_second, ukeys)), list(map(_third, ukeys)), list(map(_third, map(_first, ukeys)))
+        u_raw = b"".join(ukeys)
     else:
-        ukeys = bks
+        ukeys, u_raw = bks, bk_raw
         ubids = bids = ids_of(backend_ids, bks)
-        u_ips, u_ports, u_protos = ips, bports, (protos if ones else list(map(_third, fk_rep)))
 
-    # ost_lb4_backend: id -> (ip, port in network order, proto, flags 0).
-    aton = _inet_aton
-    ip_bytes = {ip: aton(ip) for ip in set(u_ips)}       # backends share addresses across services
-    m = len(ubids)
-    proto_col = bytes(protos)
-    be_up.add_run(_le("I", ubids),
-                  _records(m, 8, ((0, 4, b"".join(map(ip_bytes.__getitem__, u_ips))), (4, 2, _be16(u_ports)),
-                                  (6, 1, proto_col if u_protos is protos else bytes(u_protos)))))
-    # ost_lb4_svc keys: (vip, port in network order, proto, pad) then (slot, pad), little-endian.
-    prefix = _records(n, 8, ((0, 4, b"".join(map(aton, map(_first, fks)))), (4, 2, _be16(ports)), (6, 1, proto_col)))
+    # ost_lb4_backend: id -> (ip, port in network order, proto, flags 0): bytes 8..13 and 6 of
+    # the backend key.
+    be_up.add_run(_le("I", ubids), _records(len(ubids), 8, [(j, 1, u_raw[8 + j::14]) for j in range(6)]
+                                            + [(6, 1, u_raw[6::14])]))
+    # ost_lb4_svc keys: the prefix then (slot, pad), little-endian.
     if ones:
         slots.add_run(_records(n, 12, ((0, 8, prefix), (8, 1, b"\x01" * n))),
                       _records(n, 16, ((0, 4, _le("I", bids)),)))
     else:
         total = sum(totals)
-        prefixes = [prefix[i:i + 8] for i in range(0, 8 * n, 8)]
         slot_no = _le("H", chain.from_iterable(map(range, repeat(1), map(add, totals, repeat(1)))))
         slot_bids = bids if nslots is None else chain.from_iterable(map(repeat, bids, nslots))
         slots.add_run(_records(total, 12, ((0, 8, b"".join(map(mul, prefixes, totals))), (8, 2, slot_no))),
@@ -681,8 +685,7 @@ def group_by_frontend(services: dict[bytes, bytes], backends: dict[bytes, bytes]
             raw = backends.get(bkey)
             if raw is not None and bkey not in be:
                 be[bkey] = raw
-                b = Lb4Backend.unpack(raw)
-                bks.append((fk, b.address, b.port))
+                bks.append(k[:8] + raw[:6])
     return out
 
 def orphan_backends(backends: dict[bytes, bytes],
@@ -699,7 +702,7 @@ def orphan_backends(backends: dict[bytes, bytes],
 def adopt(services: dict[bytes, bytes], backends: dict[bytes, bytes], rev_ids: IdAllocator,
           backend_ids: IdAllocator) -> None:
     """Rebuild the id allocators from pinned map contents (agent restart)."""
-    be_addr = {BackendId.unpack(k).id: Lb4Backend.unpack(v) for k, v in backends.items()}
+    be_raw = {BackendId.unpack(k).id: v for k, v in backends.items()}
     for k, v in services.items():
         key = Lb4Key.unpack(k)
         val = Lb4Service.unpack(v)
@@ -707,6 +710,6 @@ def adopt(services: dict[bytes, bytes], backends: dict[bytes, bytes], rev_ids: I
         if key.slot == 0:
             rev_ids.adopt(fk, val.rev_nat_id)
         else:
-            b = be_addr.get(val.backend_id)
-            if b is not None:
-                backend_ids.adopt((fk, b.address, b.port), val.backend_id)
+            raw = be_raw.get(val.backend_id)
+            if raw is not None:
+                backend_ids.adopt(k[:8] + raw[:6], val.backend_id)

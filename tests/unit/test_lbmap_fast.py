@@ -26,7 +26,8 @@ _PORT = struct.Struct("!H")
 def ref_plan_frontend(f: Frontend, fk: FrontendKey, rev_ids: IdAllocator, backend_ids: IdAllocator,
                   max_slots: int = 256) -> tuple[dict[bytes, bytes], dict[bytes, bytes], list[BackendKey]]:
     """One frontend's entries: (ost_lb4_svc entries, ost_lb4_backend entries, backend keys).
-    Packs bytes directly (the layouts of the bpf.maps codecs, which the tests compare)."""
+    Packs bytes directly (the layouts of the bpf.maps codecs, which the tests compare). Backend
+    keys are the frontend's key prefix + backend ip + port (they were (fk, ip, port) tuples)."""
     rev = rev_ids.ids.get(fk) or rev_ids.get(fk)
     vip, vport, proto = socket.inet_aton(f.vip), _PORT.pack(f.port), fk[2]
     weights = [b.weight for b in f.backends]
@@ -39,7 +40,7 @@ def ref_plan_frontend(f: Frontend, fk: FrontendKey, rev_ids: IdAllocator, backen
     for b, n in zip(f.backends, slots_per):
         if n == 0:
             continue
-        bk = (fk, b.ip, b.port)
+        bk = _SVC_KEY.pack(vip, vport, proto, 0, 0, 0)[:8] + socket.inet_aton(b.ip) + _PORT.pack(b.port)
         bid = be_ids.get(bk) or backend_ids.get(bk)
         bks.append(bk)
         be[_BE_KEY.pack(bid)] = _BE_VAL.pack(socket.inet_aton(b.ip), _PORT.pack(b.port), proto, 0)
@@ -341,7 +342,7 @@ def test_a_service_replacing_another_keeps_its_backend():
     (Frontend("10.96.0.1", 70000, "TCP", (Backend("10.1.0.1", 80),), 0, "ns/a"),
      "frontend 10.96.0.1:70000/TCP \\(service ns/a\\): port 70000 is outside 0..65535"),
     (Frontend("10.96.0.1", 80, "TCP", (Backend("10.1.0.1", 80), Backend("10.1.0.2", -1)), 0, "ns/a"),
-     "frontend 10.96.0.1:80: backend 10.1.0.2 port -1 is outside 0..65535"),
+     "frontend 10.96.0.1:80/TCP \\(service ns/a\\): backend 10.1.0.2 port -1 is outside 0..65535"),
     (Frontend("10.96.0.1", 80, "TCP", (Backend("10.1.0.1", 80),), -5, "ns/a"),
      "affinity timeout -5 is outside 0..4294967295"),
 ])
