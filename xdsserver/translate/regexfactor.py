@@ -209,17 +209,22 @@ def factor_alternation(patterns: Sequence[str]) -> str:
 
     Patterns are grouped by their last token (suffixes are what RE2 does not share on its own),
     and each group becomes P(?:m1|m2|...)S with its longest common token prefix P and suffix S.
-    A pattern that cannot be tokenized stays whole, as `(?:pattern)`. The result is never a
-    larger RE2 program than `(?:p1)|(?:p2)|...`: the shared tokens are emitted once.
+    A pattern that cannot be tokenized stays whole, as `(?:pattern)`. The shared tokens are
+    emitted once, so the program stays within what build._program_estimate budgets for the
+    patterns; for a few tiny patterns RE2's own factoring of `(?:p1)|(?:p2)|...` can be a few
+    instructions smaller, for many patterns it is far larger.
+
+    `patterns` must not contain `\\Q` (build._mergeable): an unterminated quote would swallow
+    the rest of the alternation.
     """
     groups: dict[str | None, dict[Tokens, None]] = {}
-    whole: list[str] = []
+    whole: dict[str, None] = {}
     for p in patterns:
         toks = tokenize(p)
         if toks is None:
-            whole.append(f"(?:{p})")
+            whole[f"(?:{p})"] = None
         else:
             groups.setdefault(toks[-1] if toks else None, {})[toks] = None
     # No top-level `|` in a factored group: it needs no group of its own in the alternation.
     alternatives = sorted(_factor_group(list(g)) for g in groups.values())
-    return "|".join(alternatives + whole)
+    return "|".join(alternatives + list(whole))
