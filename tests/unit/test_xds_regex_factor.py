@@ -193,7 +193,7 @@ def _case(draw) -> tuple[list[str], list[str]]:
     return patterns, sorted(strings)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_case())
 def test_factored_alternation_matches_exactly_what_the_patterns_match(case):
     patterns, strings = case
