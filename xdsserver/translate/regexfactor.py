@@ -1,8 +1,9 @@
 """Factor an alternation of RE2 patterns so its program holds the text they share once.
 
-`/svc0/items/[0-9]+`, ..., `/svc998/items/[0-9]+` as `(?:p1)|(?:p2)|...` is an 11,118-instruction
-RE2 program that Envoy takes ~7 ms to compile, for every route configuration that carries it;
-`/svc(?:0|1|...|998)/items/[0-9]+` is 248 instructions. RE2 itself only factors common *literal
+`/svc0/items/[0-9]+`, ..., `/svc997/items/[0-9]+`, `/index.html`, `/probe-3` as
+`(?:p1)|(?:p2)|...` is an 11,118-instruction RE2 program that takes ~6 ms to compile, which
+Envoy does for every route configuration that carries it; `/index.html|/probe-3|/svc(?:0|1|10|
+...)/items/[0-9]+` is 331 instructions, ~0.5 ms. RE2 itself only factors common *literal
 prefixes* of neighbouring alternatives, never suffixes, so that is what this module adds.
 
 Why it keeps the verdicts: Envoy's safe_regex is a full match, a yes/no question about the
