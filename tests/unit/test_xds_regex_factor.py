@@ -71,6 +71,7 @@ def _same_verdicts(patterns: list[str], strings: list[str]) -> str:
 def test_patterns_are_cut_into_atoms_with_their_quantifiers(pattern, tokens):
     assert tokenize(pattern) == tokens
     assert "".join(tokens) == pattern
+    assert all(_compiled(t) is not None for t in tokens)
 
 
 @pytest.mark.parametrize("pattern", [
@@ -199,6 +200,8 @@ def test_factored_alternation_matches_exactly_what_the_patterns_match(case):
     patterns, strings = case
     assume(all(_compiled(p) is not None for p in patterns))
     merged = _same_verdicts(patterns, strings)
+    for p in patterns:              # each token is a regex on its own: a real boundary
+        assert all(_compiled(t) is not None for t in tokenize(p) or ()), p
     # Within the size build._path_matchers budgets for these patterns (Envoy's program limit),
     # plus the fixed instructions every program has.
     budget = 4 + sum(_program_estimate(p) for p in set(patterns))
