@@ -56,3 +56,16 @@ def test_affinity_is_refreshed_by_use_and_expires_after_idle_timeout(three_backe
             moved = True
             break
     assert moved, "affinity never expired after idle periods longer than its timeout"
+
+
+def test_affinity_never_leads_to_a_backend_the_service_no_longer_balances_to(three_backends, datapath):
+    def svc(weights: dict[str, int]) -> Frontend:
+        return Frontend(VIP, 80, "TCP", tuple(Backend(BACKENDS[k], 8080, w) for k, w in weights.items()), 60,
+                        "default/sticky")
+
+    datapath.sync_services([svc({"b1": 1, "b2": 1, "b3": 1})])
+    first = one(three_backends)
+    # Drained (weight 0): the backend stays known but gets no new connections, affine clients included.
+    datapath.sync_services([svc({k: 0 if k == first else 1 for k in BACKENDS})])
+    moved = {one(three_backends) for _ in range(5)}
+    assert first not in moved and len(moved) == 1, moved
