@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from tests.agentproc import AgentProcess, wait_for  # noqa: E402
 
 PYTHON = sys.executable
+OSTIUM_CMD = str(Path(sys.executable).with_name("ostium"))   # the venv's console script
 EMPIRE = REPO / "examples" / "grpc" / "empire.py"
 GRPC_PATH = "/ostium.demo.Empire/RequestLanding"
 BODY = b"x" * 99 + b"\n"
@@ -325,8 +326,13 @@ def apply_to_enforced(a: AgentProcess, web: str, text: str, probe: str, via_cli:
         if first[:2] != ["ready", "403"]:
             raise RuntimeError(f"prober: {first}")
         if via_cli:
+            # The `ostium` command as installed (console script), with Python's bytecode cache allowed as
+            # on any normal install (this sandbox sets PYTHONDONTWRITEBYTECODE, recompiling every module at
+            # every start).
+            env = {k: v for k, v in a.env().items() if k != "PYTHONDONTWRITEBYTECODE"}
             t0 = time.time()
-            a.cli("policy", "apply", "-f", "-", input=text)
+            subprocess.run([OSTIUM_CMD, "--socket", a.socket, "policy", "apply", "-f", "-"], input=text,
+                           capture_output=True, text=True, check=True, env=env, timeout=60)
         else:
             path = os.path.join(a.state_dir, "bench-policy.yaml")
             Path(path).write_text(text)
