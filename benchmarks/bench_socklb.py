@@ -263,7 +263,9 @@ def main() -> int:
             d, s, i, pd = results[n]
             print(f"N={n:>5}: socklb - direct = {pd:+.2f} us (median of paired connects; "
                   f"{s[0] - d[0]:+.2f} between the medians) (target <= 1.0); iptables / socklb = "
-                  f"{i[0] / s[0]:.1f}x p50 ({i[4] / s[4]:.1f}x best), {s[3] / i[3]:.1f}x conn/s")
+                  f"{i[0] / s[0]:.1f}x p50 ({i[4] / s[4]:.1f}x best), {s[3] / i[3]:.1f}x conn/s; "
+                  f"translation cost over direct: iptables {i[0] - d[0]:+.1f} us vs socklb {pd:+.2f} us"
+                  + (f" ({(i[0] - d[0]) / pd:.0f}x)" if pd > 0.05 else ""))
         return 0
     finally:
         if server is not None:
