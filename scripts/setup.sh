@@ -33,12 +33,18 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing the ostium package and test extras into .venv"
   .venv/bin/pip install -q --disable-pip-version-check -U pip >/dev/null 2>&1 || true
   # compat editable mode: a .pth path entry instead of setuptools' import-hook finder, which costs
-  # ~25 ms at every Python start (every `ostium` command pays it).
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+  # ~25 ms at every Python start (every `ostium` command pays it). setuptools calls the mode transitional:
+  # if a future one refuses it, the default editable install is used instead.
+  if ! .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat \
+      >/tmp/ostium-pip-install.log 2>&1; then
+    echo "setup: compat editable install refused, using the default one"
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 \
+      | grep -v "is ignored: it is neither a file nor a directory" || true
+  fi
   if [ -s scripts/requirements-extra.txt ]; then
     .venv/bin/pip install -q --disable-pip-version-check -r scripts/requirements-extra.txt 2>&1 | grep -v "is ignored: it is neither" || true
   fi
   .venv/bin/python -c "import mesh, aiohttp, yaml, pyroute2, grpc, re2" \
-    || { echo "setup: the virtualenv is incomplete (see pip output above)" >&2; exit 1; }
+    || { echo "setup: the virtualenv is incomplete (see pip output above and /tmp/ostium-pip-install.log)" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
