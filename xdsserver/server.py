@@ -213,9 +213,11 @@ class XdsServer:
 
         async with self._progress:
             await asyncio.wait_for(self._progress.wait_for(answered), timeout)
+        # Other tasks may run between the condition and here (a stream that ends resets its node's
+        # resources): a resource without a status now was answered, not rejected.
         st = self._status.get(node_id, {})
         return [s for t in types for n in snapshot.resources(t)
-                if (s := st[(t, n)]).state is AckState.NACKED]
+                if (s := st.get((t, n))) is not None and s.state is AckState.NACKED]
 
     # ---- bookkeeping used by the streams ------------------------------------------------------
 

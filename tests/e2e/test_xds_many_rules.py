@@ -137,7 +137,9 @@ async def test_1000_rules_are_merged_accepted_and_enforced(tmp_path):
                 "envoy.filters.http.rbac"]["rbac"]["rules"]["policies"].values()
             assert len(policy["permissions"]) < 10
             sizes = [re2.compile(r, options=_OPTS).programsize for r in _regexes(policy)]
-            assert max(sizes) > 1000 and max(sizes) < REGEX_PROGRAM_LIMIT
+            # Factored, the merged alternation is a few hundred instructions: still above Envoy's default
+            # limit of 100 (so the raised runtime key is what lets Envoy accept it), far below the raised one.
+            assert max(sizes) > 100 and max(sizes) < REGEX_PROGRAM_LIMIT
             h.cache.set_snapshot(h.node_id, snap)
             assert await h.server.wait_applied(h.node_id, snap) == []   # no NACK
             await wait_port_open(port)
