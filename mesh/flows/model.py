@@ -534,59 +534,40 @@ def flow_from_http_record(rec: Any, enricher: Enricher | None = None, *,
                           metas: "tuple[EndpointMeta, EndpointMeta] | None" = None,
                           destination_service: "Service | None | bool" = False,
                           uuid: str | None = None) -> Flow:
-    """An Envoy access-log record (xdsserver.als.L7Record or the same fields) → L7 Flow.
+    """An Envoy access-log record (xdsserver.als.L7Record, or an object or mapping with its fields) → L7 Flow.
 
     The observer passes what it has cached (both sides' enrichment, the destination's service, a
-    sequence-based uuid), which keeps the per-request cost of L7 flows small; without them the
-    enricher is asked."""
-    import time as _time
-
+    sequence-based uuid) with an L7Record, which keeps the per-request cost of L7 flows small; anything
+    else is first read into a record view (types normalised, defaults filled) and the enricher is asked."""
     enricher = enricher or Enricher()
-    if metas is not None and not isinstance(rec, _AbcMapping):
-        return _flow_from_l7_record(rec, enricher, metas, destination_service, uuid)
-    sip = str(_get(rec, "source_ip", default=""))
-    dip = str(_get(rec, "destination_ip", default=""))
-    sport = int(_get(rec, "source_port", default=0))
-    dport = int(_get(rec, "destination_port", default=0))
-    code = int(_get(rec, "response_code", "status", default=0))
-    denied = bool(_get(rec, "rbac_denied", default=False))
-    if denied:
-        verdict, reason = Verdict.DROPPED, L7_DENIED
-    elif code == 0:
-        verdict, reason = Verdict.ERROR, L7_ERROR   # reset or no upstream: no response at all
-    else:
-        verdict, reason = Verdict.FORWARDED, 0
-    authority = str(_get(rec, "authority", default=""))
-    path = str(_get(rec, "path", default=""))
-    headers: list[tuple[str, str]] = []
-    ctype = _get(rec, "content_type", default="")
-    if ctype:
-        headers.append(("content-type", str(ctype)))
+    if metas is None or isinstance(rec, _AbcMapping):
+        rec = _http_record_view(rec)
+        if metas is None:
+            metas = (enricher.peer(rec.source_ip), enricher.peer(rec.destination_ip))
+    return _flow_from_l7_record(rec, enricher, metas, destination_service, uuid)
+
+
+def _http_record_view(rec: Any) -> Any:
+    """An L7Record-shaped view of any record with its fields (attributes or keys, `status` for
+    `response_code`), each of the type L7Record has."""
+    import time as _time
+    from types import SimpleNamespace
+
     grpc = _get(rec, "grpc_status", default=None)
-    http = HTTP(method=str(_get(rec, "method", default="")),
-                url=f"http://{authority}{path}" if authority else path,
-                protocol=str(_get(rec, "protocol", default="")), code=code, headers=tuple(headers),
-                grpc_status=int(grpc) if grpc is not None else None)
-    duration_ms = float(_get(rec, "duration_ms", default=0.0))
     tags = _get(rec, "tags", default={}) or {}
-    src_meta = enricher.peer(sip)
-    dst_meta = enricher.peer(dip)
-    flow = Flow(
-        time=float(_get(rec, "time", default=_time.time())),
-        verdict=verdict, type=FlowType.L7,
-        source=endpoint_of(src_meta, sip, sport),
-        destination=endpoint_of(dst_meta, dip, dport),
-        protocol="TCP",
-        drop_reason=reason,
-        traffic_direction=_direction(tags.get("ostium.direction")),
-        l7=L7(type=L7Type.REQUEST if denied or code == 0 else L7Type.RESPONSE,
-              latency_ns=int(duration_ms * 1e6), http=http),
-        destination_service=enricher.service(dip, dport),
-        node_name=enricher.node_name or str(_get(rec, "node_id", default="")),
-    )
-    if uuid is not None:
-        flow.uuid = uuid
-    return flow
+    return SimpleNamespace(
+        source_ip=str(_get(rec, "source_ip", default="")), source_port=int(_get(rec, "source_port", default=0)),
+        destination_ip=str(_get(rec, "destination_ip", default="")),
+        destination_port=int(_get(rec, "destination_port", default=0)),
+        response_code=int(_get(rec, "response_code", "status", default=0)),
+        rbac_denied=bool(_get(rec, "rbac_denied", default=False)),
+        authority=str(_get(rec, "authority", default="")), path=str(_get(rec, "path", default="")),
+        content_type=str(_get(rec, "content_type", default="") or ""),
+        grpc_status=int(grpc) if grpc is not None else None,
+        method=str(_get(rec, "method", default="")), protocol=str(_get(rec, "protocol", default="")),
+        duration_ms=float(_get(rec, "duration_ms", default=0.0)),
+        tags={"ostium.direction": _direction(tags.get("ostium.direction")).name},
+        time=float(_get(rec, "time", default=_time.time())), node_id=str(_get(rec, "node_id", default="")))
 
 
 _TAG_DIRECTIONS = {"INGRESS": Direction.INGRESS, "EGRESS": Direction.EGRESS}
@@ -594,8 +575,8 @@ _TAG_DIRECTIONS = {"INGRESS": Direction.INGRESS, "EGRESS": Direction.EGRESS}
 
 def _flow_from_l7_record(rec: Any, enricher: Enricher, metas: "tuple[EndpointMeta, EndpointMeta]",
                          destination_service: "Service | None | bool", uuid: str | None) -> Flow:
-    """flow_from_http_record for an L7Record-like object with the enrichment already at hand: the
-    same Flow, built with plain attribute reads (this runs once per proxied request)."""
+    """The L7 Flow of an L7Record (or a record view) with the enrichment at hand, built with plain
+    attribute reads: this runs once per proxied request that somebody reads."""
     sip, dip, code = rec.source_ip, rec.destination_ip, rec.response_code or 0
     denied = bool(rec.rbac_denied)
     if denied:
