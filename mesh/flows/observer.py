@@ -288,16 +288,18 @@ class Observer:
                      else Direction.UNKNOWN) if d else Direction.UNKNOWN
         key = (v, desc, direction.value)
         self.l7_counts[key] = self.l7_counts.get(key, 0) + 1
-        dst = _side_name(dm, rec.destination_ip)
-        method = rec.method or ""
-        hk = (method, code, _side_name(sm, rec.source_ip), dst, v)
+        self._count_http(rec.method or "", code, _side_name(sm, rec.source_ip), _side_name(dm, rec.destination_ip),
+                         v, int((rec.duration_ms or 0.0) * 1e6))
+
+    def _count_http(self, method: str, code: int, src: str, dst: str, verdict: str, latency_ns: int) -> None:
+        hk = (method, code, src, dst, verdict)
         self.http_counts[hk] = self.http_counts.get(hk, 0) + 1
-        if code:
+        if code:   # a request with a response: its latency means something
             lk = (method, dst)
             h = self.http_latency.get(lk)
             if h is None:
                 h = self.http_latency[lk] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
-            secs = int((rec.duration_ms or 0.0) * 1e6) / 1e9
+            secs = latency_ns / 1e9
             h[0][bisect.bisect_left(LATENCY_BUCKETS, secs)] += 1
             h[1][0] += secs
 
@@ -314,17 +316,8 @@ class Observer:
         if l7 is None:
             return
         if l7.http is not None:
-            dst = workload_or_ip(flow.destination)
-            hk = (l7.http.method, l7.http.code, workload_or_ip(flow.source), dst, v)
-            self.http_counts[hk] = self.http_counts.get(hk, 0) + 1
-            if l7.http.code:   # a request with a response: its latency means something
-                lk = (l7.http.method, dst)
-                h = self.http_latency.get(lk)
-                if h is None:
-                    h = self.http_latency[lk] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
-                secs = l7.latency_ns / 1e9
-                h[0][bisect.bisect_left(LATENCY_BUCKETS, secs)] += 1
-                h[1][0] += secs
+            self._count_http(l7.http.method, l7.http.code, workload_or_ip(flow.source),
+                             workload_or_ip(flow.destination), v, l7.latency_ns)
         elif l7.kafka is not None:
             for topic in l7.kafka.topics or ("",):
                 kk = (l7.kafka.api_key, topic, v)
@@ -608,26 +601,23 @@ _L7_ERROR_DESC = DROP_REASONS.get(L7_ERROR, (f"REASON_{L7_ERROR}", ""))[0]
 
 def _side_name(meta: EndpointMeta, ip: str) -> str:
     """workload_or_ip of the Endpoint that `meta` and `ip` make, without building it."""
-    if meta.workload:
-        if meta.workload.startswith("reserved:"):
-            return meta.workload
-        return f"{meta.namespace}/{meta.workload}" if meta.namespace else meta.workload
-    for kv in meta.labels:
-        if kv.startswith("reserved:"):
-            return kv.split("=", 1)[0]
-    return ip or "unknown"
+    return _node_name(meta.workload, meta.namespace, meta.labels, ip)
 
 
 def workload_or_ip(e: Endpoint) -> str:
     """The service-map node name of one side: ns/workload, else reserved:x, else the IP."""
-    if e.workload:
-        if e.workload.startswith("reserved:"):
-            return e.workload
-        return f"{e.namespace}/{e.workload}" if e.namespace else e.workload
-    for kv in e.labels:
+    return _node_name(e.workload, e.namespace, e.labels, e.ip)
+
+
+def _node_name(workload: str, namespace: str, labels: tuple[str, ...], ip: str) -> str:
+    if workload:
+        if workload.startswith("reserved:"):
+            return workload
+        return f"{namespace}/{workload}" if namespace else workload
+    for kv in labels:
         if kv.startswith("reserved:"):
             return kv.split("=", 1)[0]
-    return e.ip or "unknown"
+    return ip or "unknown"
 
 
 def drop_reason_name(code: int) -> str:
