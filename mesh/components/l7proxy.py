@@ -59,6 +59,8 @@ class L7ProxyComponent:
                                   ingress_proxy_port=base + INGRESS_PROXY_PORT_OFFSET,
                                   egress_proxy_port=base + EGRESS_PROXY_PORT_OFFSET,
                                   envoy_binary=envoy_binary(agent.config),
+                                  envoy_concurrency=getattr(agent.config, "envoy_concurrency", 0)
+                                  or (os.cpu_count() or 1),
                                   options=ProxyOptions(als_cluster=None) if not access_log_enabled(agent.config)
                                   else ProxyOptions())
         self.record_hooks: list[Callable[[Any], None]] = []

@@ -56,6 +56,7 @@ def test_env_booleans_and_integers_are_coerced():
     ("service_cidr: 10.200.0.0/24\n", "overlaps pod_cidr"),
     ("router_ip: 10.1.1.1\n", "outside pod_cidr"),
     ("identity_backend: zookeeper\n", "identity_backend"),
+    ("envoy_concurrency: -1\n", "envoy_concurrency must be 0 (one worker per CPU) to 256"),
 ])
 def test_bad_config_is_rejected_with_a_clear_message(tmp_path, text, needle):
     with pytest.raises(ConfigError, match=None) as exc:
