@@ -451,7 +451,7 @@ def main() -> int:
         Path(plain_conf).write_text(plain_envoy_config(web))
         from xdsserver.envoy import find_envoy_binary
         plain = subprocess.Popen(a.raw_argv("bench.client", find_envoy_binary(), "-c", plain_conf, "--concurrency",
-                                            "2", "--disable-hot-restart", "-l", "error"),
+                                            str(os.cpu_count() or 2), "--disable-hot-restart", "-l", "error"),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         helpers.append(plain)
         wait_for(lambda: a.raw_exec("bench.client", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
@@ -494,7 +494,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\nL7 policy benchmark (median of {args.rounds} rounds, {args.duration} s per run, {args.connections} "
-          f"connections; Envoy concurrency 2; {os.cpu_count()} CPUs shared by client, Envoy, server and agent)")
+          f"connections; Envoy concurrency {os.cpu_count()} (one worker per CPU); {os.cpu_count()} CPUs shared by client, Envoy, server and agent)")
     print(f"{'scenario':13} {'workload':15} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'Envoy RSS MB':>13}")
     for scenario, per in results.items():
         for name, r in per.items():
