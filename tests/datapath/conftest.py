@@ -123,6 +123,18 @@ class FakeProxy:
         self._thread.join(2)
 
 
+def client_and_backends(node: Node, datapath, client_ip: str, backends: dict[str, str], port: int = 8080) -> Node:
+    """A client endpoint (identity 1001) and one server per backend (identity 1002, answering with its key
+    on `port`), all attached to the datapath: the socket-LB tests' setup."""
+    client = node.add_endpoint("client", client_ip)
+    datapath.attach_endpoint(1, client.host_ifname, client.host_ifindex, client.ip, 1001)
+    for i, (key, ip) in enumerate(backends.items(), start=2):
+        ep = node.add_endpoint(key, ip)
+        datapath.attach_endpoint(i, ep.host_ifname, ep.host_ifindex, ip, 1002)
+        node.start_server(key, key, port)
+    return node
+
+
 @pytest.fixture
 def proxy() -> Iterator[Callable[[int], FakeProxy]]:
     """Starts stand-in proxies (transparent listeners in the node netns the test is in)."""

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from mesh.services.model import Backend, Frontend
+from tests.datapath.conftest import client_and_backends
 
 pytestmark = pytest.mark.root
 
@@ -18,13 +19,7 @@ TIMEOUT_S = 3
 
 @pytest.fixture
 def three_backends(node, datapath):
-    client = node.add_endpoint("client", "10.213.2.2")
-    datapath.attach_endpoint(1, client.host_ifname, client.host_ifindex, client.ip, 1001)
-    for i, (key, ip) in enumerate(BACKENDS.items(), start=2):
-        ep = node.add_endpoint(key, ip)
-        datapath.attach_endpoint(i, ep.host_ifname, ep.host_ifindex, ip, 1002)
-        node.start_server(key, key, 8080)
-    return node
+    return client_and_backends(node, datapath, "10.213.2.2", BACKENDS)
 
 
 def one(node) -> str:

@@ -7,6 +7,7 @@ import collections
 import pytest
 
 from mesh.services.model import Backend, Frontend
+from tests.datapath.conftest import client_and_backends
 
 pytestmark = pytest.mark.root
 
@@ -16,13 +17,7 @@ BACKENDS = {"b1": "10.213.1.11", "b2": "10.213.1.12", "b3": "10.213.1.13"}
 
 @pytest.fixture
 def three_backends(node, datapath):
-    client = node.add_endpoint("client", "10.213.1.2")
-    datapath.attach_endpoint(1, client.host_ifname, client.host_ifindex, client.ip, 1001)
-    for i, (key, ip) in enumerate(BACKENDS.items(), start=2):
-        ep = node.add_endpoint(key, ip)
-        datapath.attach_endpoint(i, ep.host_ifname, ep.host_ifindex, ip, 1002)
-        node.start_server(key, key, 8080)
-    return node
+    return client_and_backends(node, datapath, "10.213.1.2", BACKENDS)
 
 
 def frontend(backends=BACKENDS, proto="TCP", affinity=0, port=80) -> Frontend:
