@@ -597,7 +597,7 @@ def _flow_from_l7_record(rec: Any, enricher: Enricher, metas: "tuple[EndpointMet
     if destination_service is False:
         destination_service = enricher.service(dip, dport)
     flow = Flow(
-        rec.time if rec.time is not None else _time_now(), verdict, FlowType.L7,
+        rec.time, verdict, FlowType.L7,
         Endpoint(sip, rec.source_port or 0, sm.identity, sm.labels, sm.namespace, sm.pod_name, sm.workload,
                  sm.endpoint_id),
         Endpoint(dip, dport, dm.identity, dm.labels, dm.namespace, dm.pod_name, dm.workload, dm.endpoint_id),
@@ -609,12 +609,6 @@ def _flow_from_l7_record(rec: Any, enricher: Enricher, metas: "tuple[EndpointMet
         *((uuid,) if uuid is not None else ()),
     )
     return flow
-
-
-def _time_now() -> float:
-    import time as _time
-
-    return _time.time()
 
 
 _KAFKA_DENIED = {"deny", "denied", "drop", "dropped", "reject", "rejected", "false"}
